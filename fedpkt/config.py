@@ -1,0 +1,268 @@
+"""Typed configuration: defaults < TOML file (``--config``) < CLI overrides.
+
+One pydantic model per concern, each field with its help text (as PEFT's configs do), so that
+``fedpkt config show`` documents itself. Unknown keys, wrong types and out-of-range values are
+rejected with one line that names the dotted key, the value given and what was expected.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedpkt.errors import FedpktError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class BackboneConfig(_Section):
+    name: str = Field(
+        "embedded",
+        description="'embedded' (built locally on first use), a Hugging Face hub id "
+        "(e.g. gpt2-medium) or a local Hugging Face model directory.",
+    )
+    embedded_size: Literal["tiny", "default"] = Field(
+        "default", description="Recipe of the embedded backbone: 'tiny' for tests, 'default' runs."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Backbone compute dtype; prefixes are always trained in float32."
+    )
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "personachat"] = Field(
+        "synthetic", description="The embedded synthetic persona corpus, or real PERSONA-CHAT."
+    )
+    scale: Literal["tiny", "default", "paper"] = Field(
+        "default", description="Synthetic corpus size; 'paper' reproduces Table 1 exactly."
+    )
+    path: str = Field(
+        "",
+        description="PERSONA-CHAT: a local ParlAI-format file/directory or a Hugging Face "
+        "dataset id (used through datasets.load_dataset).",
+    )
+    prepared_dir: str = Field(
+        "", description="Prepared client partitions; empty: prepared inside the run directory."
+    )
+    history_turns: int = Field(
+        3, ge=1, le=64, description="Dialogue history window: utterances before the response."
+    )
+    max_length: int = Field(128, ge=16, le=4096, description="Max tokens of prompt+response.")
+    few_shot_threshold: int = Field(
+        6, ge=2, description="Personas with fewer dialogues than this are few-shot (Part C)."
+    )
+    part_b_fraction: float = Field(
+        0.2846,
+        gt=0.0,
+        lt=1.0,
+        description="Share of regular personas set aside as Part B (300 of 1054 in the paper).",
+    )
+    canaries: int = Field(0, ge=0, description="Canary sentences planted per Part A client.")
+
+
+class PrefixConfig(_Section):
+    num_virtual_tokens: int = Field(8, ge=1, le=512, description="m: prefix length in tokens.")
+    projection_hidden: int = Field(
+        512, ge=1, description="k: hidden size of Li & Liang's reparameterisation MLP."
+    )
+    init_std: float = Field(
+        0.02, gt=0.0, description="Std of the random init of the prefix embedding."
+    )
+
+
+class Phase1Config(_Section):
+    strategy: Literal["ppreptile", "base", "temperature"] = Field(
+        "ppreptile", description="Source-prefix training: PPReptile, base (FedAvg), temperature."
+    )
+    sampling: Literal["uniform", "temperature"] = Field(
+        "uniform", description="Client sampling: uniform, or p_i proportional to n_i^(1/T)."
+    )
+    temperature: float = Field(10.0, gt=0.0, description="T of temperature-scaled mixing.")
+    rounds: int = Field(20, ge=1, description="Federated rounds (outer iterations).")
+    clients_per_round: int = Field(4, ge=1, description="b_out: clients sampled per round.")
+    min_clients: int = Field(
+        1, ge=1, description="A round succeeds while at least this many clients reply validly."
+    )
+    inner_steps: int = Field(5, ge=1, description="k: local SGD steps per client and round.")
+    inner_lr: float = Field(1e-4, gt=0.0, description="alpha: inner (client) SGD learning rate.")
+    inner_batch_size: int = Field(2, ge=1, description="b_in: inner-loop batch size.")
+    outer_lr: float = Field(3e-5, gt=0.0, description="beta: outer (server) learning rate.")
+    server_optimizer: Literal["sgd", "adam"] = Field(
+        "adam",
+        description="How the pseudo-gradient theta - mean(W_i) is applied: plain Reptile step "
+        "(sgd) or Adam as in FedOpt (the reading under which beta=3e-5 is sensible).",
+    )
+    eval_clients: int = Field(4, ge=0, description="Clients sampled for federated validation.")
+    client_timeout_s: float = Field(600.0, gt=0.0, description="Per-round reply timeout.")
+
+
+class Phase2Config(_Section):
+    init: Literal["source", "random"] = Field(
+        "source", description="Personalized prefix init: the source prefix, or random."
+    )
+    lr: float = Field(5e-3, gt=0.0, description="AdamW learning rate.")
+    batch_size: int = Field(4, ge=1, description="Training batch size.")
+    max_epochs: int = Field(10, ge=1, description="Epoch cap; early stopping usually ends sooner.")
+    patience: int = Field(2, ge=1, description="Epochs without validation improvement to stop.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Linear-schedule warmup share.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    max_clients: int = Field(0, ge=0, description="Personalize at most this many B/C clients.")
+
+
+class GenerationConfig(_Section):
+    num_beams: int = Field(5, ge=1, description="Beam size (5 in the paper).")
+    max_new_tokens: int = Field(24, ge=1, description="Longest generated response.")
+    length_penalty: float = Field(1.0, description="Beam-search length penalty.")
+    no_repeat_ngram_size: int = Field(3, ge=0, description="0 disables the n-gram block.")
+
+
+class EvalConfig(_Section):
+    c_backend: Literal["oracle", "model"] = Field(
+        "oracle", description="C score: the synthetic corpus's fact oracle, or an NLI model."
+    )
+    nli_model: str = Field("", description="HF sequence-classification NLI model (dir or id).")
+
+
+class DPConfig(_Section):
+    enabled: bool = Field(False, description="DP-SGD (opacus) on client prefix training.")
+    epsilon: float = Field(8.0, gt=0.0, description="Target epsilon per client.")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="Target delta.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Per-example clipping norm.")
+
+
+class PrivacyConfig(_Section):
+    record_payloads: bool = Field(
+        True, description="Egress log keeps outgoing payload bytes (for the content audit)."
+    )
+    secagg: bool = Field(False, description="Phase 1 through Flower SecAgg+.")
+
+
+class FedpktConfig(_Section):
+    """The whole resolved configuration of one run."""
+
+    seed: int = Field(0, ge=0, description="Seeds every RNG: data, init, sampling, training.")
+    run_root: str = Field("runs", description="Directory under which run directories are made.")
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prefix: PrefixConfig = Field(default_factory=PrefixConfig)
+    phase1: Phase1Config = Field(default_factory=Phase1Config)
+    phase2: Phase2Config = Field(default_factory=Phase2Config)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    dp: DPConfig = Field(default_factory=DPConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FedpktConfig:
+        if self.phase1.min_clients > self.phase1.clients_per_round:
+            raise ValueError(
+                f"phase1.min_clients={self.phase1.min_clients} must be <= "
+                f"phase1.clients_per_round={self.phase1.clients_per_round}"
+            )
+        if self.eval.c_backend == "model" and not self.eval.nli_model:
+            raise ValueError("eval.nli_model must name an NLI model when eval.c_backend='model'")
+        if self.data.source == "personachat" and not self.data.path:
+            raise ValueError("data.path must name PERSONA-CHAT files or a dataset id")
+        if self.data.source == "personachat" and self.eval.c_backend == "oracle":
+            raise ValueError(
+                "eval.c_backend='oracle' needs the synthetic corpus; use 'model' for PERSONA-CHAT"
+            )
+        return self
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    if "input" in first and first["type"] != "value_error":
+        return f"config key '{key}' = {first['input']!r}: {msg}"
+    return f"config: {msg.removeprefix('Value error, ')}"
+
+
+def validate_config(data: dict[str, Any]) -> FedpktConfig:
+    """Build a config from a nested dict, raising FedpktError with one line on any problem."""
+    try:
+        return FedpktConfig.model_validate(data)
+    except ValidationError as err:
+        raise FedpktError(_format_validation_error(err)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value``; the value is read as a TOML value, else taken as a string."""
+    if "=" not in text:
+        raise FedpktError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise FedpktError(f"override '{text}' has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_nested(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise FedpktError(f"config key '{'.'.join(path)}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file, naming the file in any error."""
+    file = Path(path)
+    if not file.is_file():
+        preset = PRESET_DIR / f"{path}.toml"
+        if preset.is_file():
+            file = preset
+        else:
+            raise FedpktError(f"config file '{path}' does not exist (expected a TOML file)")
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise FedpktError(f"config file '{file}' is not valid TOML: {err}") from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> FedpktConfig:
+    """Resolve defaults < TOML file < ``section.key=value`` overrides < ``values`` (dotted keys).
+
+    ``path`` may also be a preset name from ``configs/`` (``embedded``, ``paper``).
+    """
+    data: dict[str, Any] = read_toml(path) if path else {}
+    items = [parse_override(text) for text in overrides or []]
+    items += [(key.split("."), value) for key, value in (values or {}).items()]
+    for key_path, value in items:
+        _set_nested(data, key_path, value)
+    return validate_config(data)
+
+
+def config_to_toml(config: FedpktConfig) -> str:
+    """The resolved config as TOML text (what is written to every run directory)."""
+    return tomli_w.dumps(config.model_dump(mode="json"))
