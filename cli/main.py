@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import config_cmd
+from cli import backbone_cmd, config_cmd, data_cmd, simulate_cmd
 
 app = typer.Typer(
     name="fedpkt",
@@ -13,6 +13,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(backbone_cmd.app, name="backbone")
+app.command("simulate")(simulate_cmd.simulate_command)
+app.add_typer(data_cmd.app, name="data")
 
 
 def main() -> None:

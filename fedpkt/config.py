@@ -138,6 +138,10 @@ class EvalConfig(_Section):
         "oracle", description="C score: the synthetic corpus's fact oracle, or an NLI model."
     )
     nli_model: str = Field("", description="HF sequence-classification NLI model (dir or id).")
+    nli_batch_size: int = Field(
+        32, ge=1, description="(response, persona sentence) pairs per NLI model forward pass."
+    )
+    nli_device: str = Field("auto", description="NLI model device: 'auto', 'cpu', 'cuda:N'.")
 
 
 class DPConfig(_Section):
@@ -260,6 +264,15 @@ def load_config(
     items += [(key.split("."), value) for key, value in (values or {}).items()]
     for key_path, value in items:
         _set_nested(data, key_path, value)
+    return validate_config(data)
+
+
+def load_config_text(text: str) -> FedpktConfig:
+    """Parse a resolved config sent as TOML text (how the server ships it to clients)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise FedpktError(f"config text is not valid TOML: {err}") from None
     return validate_config(data)
 
 

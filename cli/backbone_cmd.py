@@ -1,0 +1,98 @@
+"""``fedpkt backbone build|info``: build the embedded backbone, or describe any backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.common import ConfigOption, SetOption, console, exits_cleanly, resolve_config
+from fedpkt.model.backbone import Backbone, load_backbone_from_config
+from fedpkt.model.embedded import (
+    PerplexityReport,
+    ensure_embedded,
+    get_recipe,
+    perplexity_report,
+    read_build_info,
+)
+
+app = typer.Typer(
+    help="The frozen backbone: build the embedded one, or describe any (embedded, dir, hub id).",
+    no_args_is_help=True,
+)
+
+SizeOption = typer.Option(
+    None,
+    "--size",
+    help="Embedded recipe: tiny (tests) or default (runs). For other backbones: which recipe's "
+    "held-out general dialogues to score on.",
+)
+
+
+@app.command("build")
+@exits_cleanly
+def build(
+    size: str = typer.Option("default", "--size", help="Embedded recipe: tiny or default."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if it is already cached."),
+) -> None:
+    """Build the embedded backbone into the cache (once; later calls reuse it)."""
+    get_recipe(size)  # a bad size fails before any work
+    path = ensure_embedded(size, force=force, progress=True)
+    record = read_build_info(path) or {}
+    table = Table(title=f"embedded backbone ({size})", show_header=False)
+    table.add_row("path", str(path))
+    table.add_row("parameters", f"{record.get('num_params', 0):,}")
+    table.add_row("build seconds", str(record.get("build_seconds", "?")))
+    if "valid_perplexity" in record:
+        table.add_row("held-out perplexity", f"{record['valid_perplexity']:.2f}")
+        table.add_row("unigram baseline", f"{record['unigram_perplexity']:.2f}")
+    console.print(table)
+
+
+@app.command("info")
+@exits_cleanly
+def info(
+    backbone: str | None = typer.Option(
+        None, "--backbone", "-b", help="'embedded', a local model directory or a hub id."
+    ),
+    size: str | None = SizeOption,
+    config: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Parameters, shape, fingerprint, path and held-out perplexity next to a unigram baseline."""
+    cfg = resolve_config(
+        config, overrides, {"backbone.name": backbone, "backbone.embedded_size": size}
+    )
+    loaded = load_backbone_from_config(cfg.backbone)
+    recipe = get_recipe(cfg.backbone.embedded_size)
+    with console.status("scoring held-out general dialogues"):
+        report = perplexity_report(loaded.model, loaded.tokenizer, recipe)
+    console.print(_info_table(loaded, report, cfg.backbone.dtype))
+
+
+def _info_table(backbone: Backbone, report: PerplexityReport, dtype: str) -> Table:
+    config = backbone.text_config
+    table = Table(title=f"backbone {backbone.name}", show_header=False)
+    table.add_row("path", str(backbone.path))
+    table.add_row("fingerprint", backbone.fingerprint)
+    table.add_row("architecture", f"{config.model_type} ({type(backbone.model).__name__})")
+    table.add_row("parameters", f"{backbone.num_params:,}")
+    table.add_row("layers / hidden", f"{backbone.num_layers} / {backbone.hidden_size}")
+    table.add_row("heads (kv) / head dim", _heads(backbone))
+    table.add_row("tokenizer vocab", f"{len(backbone.tokenizer):,}")
+    table.add_row("device / dtype", f"{backbone.device} / {dtype}")
+    build = read_build_info(backbone.path)
+    if build is not None:
+        table.add_row("build seconds", str(build.get("build_seconds", "?")))
+    table.add_row(
+        "held-out general dialogues",
+        f"{report.valid_dialogues} dialogues, {report.valid_tokens:,} tokens",
+    )
+    table.add_row("validation perplexity", f"{report.valid_perplexity:.2f}")
+    table.add_row("unigram baseline perplexity", f"{report.unigram_perplexity:.2f}")
+    return table
+
+
+def _heads(backbone: Backbone) -> str:
+    return f"{backbone.num_heads} ({backbone.num_kv_heads}) / {backbone.head_dim}"

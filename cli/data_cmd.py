@@ -1,0 +1,133 @@
+"""``fedpkt data prepare|stats``: build per-client partitions, or print the Table 1 layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.common import console, exits_cleanly
+from fedpkt.config import DataConfig
+from fedpkt.data.partition import default_part_b, load_corpus, prepare_partitions
+from fedpkt.data.split import CorpusSplit, split_corpus
+from fedpkt.data.stats import part_table
+from fedpkt.data.synthetic import SCALES, get_scale
+from fedpkt.errors import FedpktError
+
+app = typer.Typer(
+    help="Persona data: the synthetic corpus or PERSONA-CHAT, split into Parts A/B/C.",
+    no_args_is_help=True,
+)
+
+_DEFAULTS = DataConfig()
+SOURCES = ("synthetic", "personachat")
+
+SourceOption = typer.Option(
+    _DEFAULTS.source, "--source", help="synthetic (embedded corpus) or personachat."
+)
+ScaleOption = typer.Option(
+    _DEFAULTS.scale, "--scale", help=f"Synthetic corpus size: {', '.join(SCALES)}."
+)
+PathOption = typer.Option(
+    "",
+    "--path",
+    help="PERSONA-CHAT: a ParlAI .txt file or directory (*self_original*.txt), a local "
+    ".json/.jsonl/.parquet file or dataset directory, or a Hugging Face dataset id.",
+)
+SeedOption = typer.Option(0, "--seed", help="Seeds generation, the Part B choice and the cuts.")
+FewShotOption = typer.Option(
+    _DEFAULTS.few_shot_threshold,
+    "--few-shot-threshold",
+    help="Personas with fewer dialogues than this form Part C.",
+)
+PartBOption = typer.Option(
+    None,
+    "--part-b",
+    help="Part B size: a count (>= 1) or a share in (0, 1) of the regular personas. Default: "
+    f"the synthetic preset's count, or {_DEFAULTS.part_b_fraction} for PERSONA-CHAT.",
+)
+
+
+def _check_source(source: str, scale: str, path: str) -> None:
+    if source not in SOURCES:
+        raise FedpktError(f"unknown --source '{source}' (expected one of: {', '.join(SOURCES)})")
+    get_scale(scale)
+    if source == "personachat" and not path:
+        raise FedpktError("--source personachat needs --path (a file, directory or dataset id)")
+
+
+def _part_b(source: str, scale: str, part_b: float | None) -> float:
+    if part_b is None:
+        return default_part_b(source, scale, _DEFAULTS.part_b_fraction)
+    return int(part_b) if part_b >= 1 and float(part_b).is_integer() else part_b
+
+
+def _print_table(split: CorpusSplit, title: str) -> None:
+    table = Table(title=title)
+    for column in ("Part", "personas", "train", "valid", "test"):
+        table.add_column(column, justify="left" if column == "Part" else "right")
+    for row in part_table(split):
+        table.add_row(
+            f"Part {row.part}", str(row.personas), str(row.train), str(row.valid), str(row.test)
+        )
+    console.print(table)
+    if split.dropped_personas:
+        console.print(
+            f"dropped {split.dropped_personas} personas ({split.dropped_dialogues} dialogues) "
+            "with fewer than 3 dialogues"
+        )
+
+
+def _title(source: str, scale: str, path: str, seed: int) -> str:
+    what = f"synthetic {scale}" if source == "synthetic" else f"personachat {path}"
+    return f"{what}, seed {seed}"
+
+
+@app.command("prepare")
+@exits_cleanly
+def prepare(
+    out: Path = typer.Option(..., "--out", help="New (or empty) directory to write."),
+    source: str = SourceOption,
+    scale: str = ScaleOption,
+    path: str = PathOption,
+    seed: int = SeedOption,
+    canaries: int = typer.Option(
+        _DEFAULTS.canaries, "--canaries", help="Canary sentences planted per Part A client."
+    ),
+    few_shot_threshold: int = FewShotOption,
+    part_b: float | None = PartBOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Split the data and write one folder per client plus manifest.json under --out."""
+    _check_source(source, scale, path)
+    split = prepare_partitions(
+        out,
+        source=source,
+        scale=scale,
+        path=path,
+        seed=seed,
+        canaries=canaries,
+        few_shot_threshold=few_shot_threshold,
+        part_b=_part_b(source, scale, part_b),
+        overwrite=overwrite,
+    )
+    _print_table(split, _title(source, scale, path, seed))
+    console.print(f"wrote {len(split.clients)} client folders and manifest.json to {out}")
+
+
+@app.command("stats")
+@exits_cleanly
+def stats(
+    source: str = SourceOption,
+    scale: str = ScaleOption,
+    path: str = PathOption,
+    seed: int = SeedOption,
+    few_shot_threshold: int = FewShotOption,
+    part_b: float | None = PartBOption,
+) -> None:
+    """Print the paper's Table 1 layout (personas and train/valid/test dialogues per part)."""
+    _check_source(source, scale, path)
+    corpus = load_corpus(source, scale, path, seed)
+    split = split_corpus(corpus, seed, few_shot_threshold, _part_b(source, scale, part_b))
+    _print_table(split, _title(source, scale, path, seed))

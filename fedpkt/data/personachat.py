@@ -1,0 +1,232 @@
+"""Real PERSONA-CHAT: ParlAI text files, or a Hugging Face dataset through ``datasets``.
+
+ParlAI format (``train_self_original.txt``, ``valid_self_revised.txt``, ...): every line is
+``<n> <text>``; ``n`` restarts at 1 with each episode. Lines ``your persona: ...`` give the
+persona (the speaker whose replies are the targets), ``partner's persona: ...`` (in the
+``both_*`` files) are skipped, and the other lines are ``partner text<TAB>persona reply``
+optionally followed by ``<TAB>reward<TAB>cand1|cand2|...`` (candidates are ignored). A partner
+text of ``__SILENCE__`` means the persona spoke first. A directory is read as every file whose
+name contains ``variant`` (default ``self_original``): train, valid and test together, because
+the paper re-splits the whole corpus by persona.
+
+Hugging Face schema (that of ``bavard/personachat_truecased``): one row per persona reply, with
+``personality`` (list of description sentences), ``history`` (the earlier utterances,
+partner first), ``candidates`` (the gold reply LAST), ``conv_id`` and ``utterance_idx``. The
+row with the largest ``utterance_idx`` of a conversation holds it whole: history + gold reply.
+Every split of the dataset is read.
+
+Both loaders return a :class:`fedpkt.data.split.Corpus` whose personas are already grouped by
+their normalised description (ids ``pc-<index:05d>`` in order of first appearance).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedpkt.data.schema import Dialogue, Persona, Speaker, Utterance
+from fedpkt.data.split import Corpus, PersonaKey, persona_key
+from fedpkt.errors import FedpktError
+
+SILENCE = {"__silence__", "__ silence __"}
+HF_FIELDS = ("personality", "history", "candidates", "conv_id", "utterance_idx")
+_LINE = re.compile(r"^(\d+) (.*)$")
+
+
+class _CorpusBuilder:
+    """Collects (persona sentences, turns) episodes and groups personas by key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.by_key: dict[PersonaKey, Persona] = {}
+        self.dialogues: list[Dialogue] = []
+
+    def add(self, dialogue_id: str, sentences: Sequence[str], turns: list[Utterance]) -> None:
+        key = persona_key(sentences)
+        if key not in self.by_key:
+            self.by_key[key] = Persona(f"pc-{len(self.by_key):05d}", list(sentences))
+        self.dialogues.append(Dialogue(dialogue_id, self.by_key[key].persona_id, turns))
+
+    def build(self) -> Corpus:
+        if not self.dialogues:
+            raise FedpktError(f"PERSONA-CHAT source '{self.source}' holds no dialogues")
+        personas = {p.persona_id: p for p in self.by_key.values()}
+        return Corpus(personas, self.dialogues, source=f"personachat:{self.source}")
+
+
+def _turns(texts: Sequence[str], last_speaker: Speaker = "persona") -> list[Utterance]:
+    """Alternating turns ending with ``last_speaker``; silence placeholders are dropped."""
+    out: list[Utterance] = []
+    for back, text in enumerate(reversed(texts)):
+        speaker: Speaker = last_speaker if back % 2 == 0 else _other(last_speaker)
+        if text.strip().lower() not in SILENCE:
+            out.append(Utterance(speaker, text.strip()))
+    return out[::-1]
+
+
+def _other(speaker: Speaker) -> Speaker:
+    return "partner" if speaker == "persona" else "persona"
+
+
+# ---------------------------------------------------------------- ParlAI text
+
+
+def _parse_parlai_lines(lines: Iterable[str], name: str, builder: _CorpusBuilder) -> None:
+    """Parse one ParlAI file into ``builder``; any malformed line is a one-line error."""
+    persona: list[str] = []
+    texts: list[str] = []
+    episode = 0
+    previous = 0
+    stem = Path(name).stem
+
+    def flush() -> None:
+        nonlocal episode
+        if texts:
+            if not persona:
+                raise FedpktError(
+                    f"ParlAI file '{name}': episode {episode} has no 'your persona:' lines"
+                )
+            builder.add(f"{stem}-{episode:05d}", persona, _turns(texts))
+            episode += 1
+
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            raise FedpktError(
+                f"ParlAI file '{name}' line {number}: {line[:40]!r} does not start with "
+                "'<number> ' (expected '<n> your persona: ...' or '<n> text<TAB>reply')"
+            )
+        index, body = int(match.group(1)), match.group(2)
+        if index <= previous:
+            flush()
+            persona, texts = [], []
+        previous = index
+        lowered = body.lower()
+        if lowered.startswith("your persona:"):
+            if texts:
+                raise FedpktError(
+                    f"ParlAI file '{name}' line {number}: persona line after dialogue lines "
+                    "(expected persona lines first in each episode)"
+                )
+            persona.append(body.split(":", 1)[1].strip())
+            continue
+        if lowered.startswith("partner's persona:"):
+            continue
+        fields = body.split("\t")
+        if len(fields) < 2 or not fields[1].strip():
+            raise FedpktError(
+                f"ParlAI file '{name}' line {number}: expected 'partner text<TAB>persona reply', "
+                f"got {body[:40]!r}"
+            )
+        texts.extend([fields[0], fields[1]])
+    flush()
+
+
+def parlai_files(path: str | Path, variant: str = "self_original") -> list[Path]:
+    """The ParlAI files a path names: the file itself, or ``*{variant}*.txt`` in a directory."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    if root.is_dir():
+        files = sorted(root.glob(f"*{variant}*.txt"))
+        if not files:
+            raise FedpktError(
+                f"directory '{root}' holds no ParlAI files matching '*{variant}*.txt'"
+            )
+        return files
+    raise FedpktError(f"PERSONA-CHAT path '{root}' does not exist (expected a file or directory)")
+
+
+def load_parlai(path: str | Path, variant: str = "self_original") -> Corpus:
+    """Read a ParlAI-format PERSONA-CHAT file or directory (see the module docstring)."""
+    builder = _CorpusBuilder(str(path))
+    for file in parlai_files(path, variant):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise FedpktError(f"ParlAI file '{file}' cannot be read as UTF-8 text: {err}") from None
+        _parse_parlai_lines(text.splitlines(), str(file), builder)
+    return builder.build()
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def corpus_from_rows(splits: Mapping[str, Iterable[Mapping[str, Any]]], source: str) -> Corpus:
+    """Rebuild whole dialogues from ``bavard/personachat_truecased``-style rows, per split."""
+    builder = _CorpusBuilder(source)
+    for split_name in sorted(splits):
+        last: dict[Any, Mapping[str, Any]] = {}
+        for row in splits[split_name]:
+            missing = [f for f in HF_FIELDS if f not in row]
+            if missing:
+                raise FedpktError(
+                    f"dataset '{source}' split '{split_name}' lacks field(s) {', '.join(missing)} "
+                    f"(expected the schema {', '.join(HF_FIELDS)})"
+                )
+            conv = row["conv_id"]
+            if conv not in last or row["utterance_idx"] > last[conv]["utterance_idx"]:
+                last[conv] = row
+        for conv in sorted(last, key=str):
+            row = last[conv]
+            if not row["candidates"]:
+                raise FedpktError(
+                    f"dataset '{source}' split '{split_name}' conv_id {conv}: empty candidates "
+                    "(expected the gold reply last)"
+                )
+            texts = [*row["history"], row["candidates"][-1]]
+            builder.add(f"{split_name}-{conv}", list(row["personality"]), _turns(texts))
+    return builder.build()
+
+
+def load_personachat_hf(name: str, **kwargs: Any) -> Corpus:
+    """Load a dataset through ``datasets.load_dataset(name, **kwargs)`` and rebuild dialogues.
+
+    ``name`` is a hub id (needs the hub or a local cache), a local dataset directory, or a
+    builder such as ``"json"`` with ``data_files=...``. A directory written by
+    ``Dataset(Dict).save_to_disk`` is read with ``datasets.load_from_disk``.
+    """
+    import datasets  # heavy import, only on this path
+
+    try:
+        if Path(name).is_dir() and (
+            (Path(name) / "dataset_dict.json").is_file()
+            or (Path(name) / "dataset_info.json").is_file()
+        ):
+            loaded = datasets.load_from_disk(name)
+        else:
+            loaded = datasets.load_dataset(name, **kwargs)
+    except FedpktError:
+        raise
+    except Exception as err:  # datasets raises many types; the user needs one line
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FedpktError(f"cannot load Hugging Face dataset '{name}': {first}") from None
+    splits = loaded if isinstance(loaded, Mapping) else {"train": loaded}
+    return corpus_from_rows(splits, name)
+
+
+def load_personachat(path: str, variant: str = "self_original", **kwargs: Any) -> Corpus:
+    """ParlAI text when ``path`` is a .txt file or a directory of them, else Hugging Face.
+
+    Local ``.json``/``.jsonl``/``.parquet`` files go through the ``json``/``parquet`` builders.
+    """
+    if not path:
+        raise FedpktError("PERSONA-CHAT path is empty (expected a file, directory or dataset id)")
+    local = Path(path)
+    if local.is_file() and local.suffix in {".json", ".jsonl", ".parquet"}:
+        builder = "parquet" if local.suffix == ".parquet" else "json"
+        return load_personachat_hf(builder, data_files=str(local), **kwargs)
+    if local.is_file() or (local.is_dir() and any(local.glob("*.txt"))):
+        return load_parlai(local, variant)
+    if local.is_dir():
+        return load_personachat_hf(str(local), **kwargs)
+    if local.suffix or local.is_absolute() or path.startswith("."):
+        raise FedpktError(
+            f"PERSONA-CHAT path '{path}' does not exist (expected a file or directory)"
+        )
+    return load_personachat_hf(path, **kwargs)

@@ -1,0 +1,209 @@
+"""What one client does with its own data: the jobs a Flower ClientApp (or a baseline) runs.
+
+A ``LocalClient`` holds one persona's data, tokenised once, and a reference to the process-wide
+frozen backbone. Its three jobs — a phase-1 step from a received θ, a validation loss, and
+phase-2 personalization with local evaluation — are plain functions of their inputs, so the
+Flower clients and the centralized baselines call exactly this code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedpkt.config import FedpktConfig, GenerationConfig, Phase2Config, PrefixConfig
+from fedpkt.data.encoding import EncodedExample, encode_examples, render_history
+from fedpkt.data.examples import examples_from_dialogues
+from fedpkt.data.partition import load_client
+from fedpkt.data.schema import ClientData, Example, Split
+from fedpkt.eval.consistency import ConsistencyScorer
+from fedpkt.eval.scoring import score_responses
+from fedpkt.model.backbone import Backbone
+from fedpkt.model.generate import generate_replies
+from fedpkt.model.prefix import PersonaPrefix, load_prefix_arrays, prefix_arrays, prefix_shape_for
+from fedpkt.train.inner_loop import sgd_inner_steps
+from fedpkt.train.loop import evaluate_loss
+from fedpkt.train.prefix_training import train_prefix
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class StepResult:
+    """A phase-1 client reply: W_i, n_i, and the mean inner-loop loss."""
+
+    arrays: Arrays
+    num_examples: int
+    loss: float
+
+
+@dataclass
+class PersonalizeResult:
+    """A phase-2 outcome. Only ``metrics`` ever leaves the client; ``folded`` goes to the vault."""
+
+    metrics: dict[str, float]
+    folded: torch.Tensor
+    generated: list[str] = field(default_factory=list)
+
+
+def new_prefix(backbone: Backbone, cfg: PrefixConfig, seed: int) -> PersonaPrefix:
+    """A freshly initialised reparameterised prefix for this backbone (deterministic in seed)."""
+    shape = prefix_shape_for(backbone.model.config, cfg.num_virtual_tokens)
+    prefix = PersonaPrefix(shape, cfg.projection_hidden, seed=seed, init_std=cfg.init_std)
+    return prefix.to(backbone.device)
+
+
+class LocalClient:
+    """One persona's on-device state: its own data (tokenised once) and the shared backbone."""
+
+    def __init__(self, data: ClientData, backbone: Backbone, cfg: FedpktConfig) -> None:
+        self.data = data
+        self.backbone = backbone
+        self.cfg = cfg
+        self.examples: dict[Split, list[Example]] = {
+            split: examples_from_dialogues(dialogues, cfg.data.history_turns)
+            for split, dialogues in data.splits.items()
+        }
+        self.encoded: dict[Split, list[EncodedExample]] = {
+            split: encode_examples(examples, backbone.tokenizer, cfg.data.max_length)
+            for split, examples in self.examples.items()
+        }
+
+    @classmethod
+    def open(
+        cls, data_root: str | Path, client_id: str, backbone: Backbone, cfg: FedpktConfig
+    ) -> LocalClient:
+        """Load only this client's folder under ``data_root``."""
+        return cls(load_client(data_root, client_id), backbone, cfg)
+
+    @property
+    def client_id(self) -> str:
+        return self.data.persona.persona_id if not self.data.meta else self.data.meta["client_id"]
+
+    @property
+    def num_train_examples(self) -> int:
+        return len(self.encoded.get("train", []))
+
+    def prefix_from(self, arrays: Arrays | None, seed: int) -> PersonaPrefix:
+        """A prefix initialised from received arrays (source/θ), or randomly when None."""
+        prefix = new_prefix(self.backbone, self.cfg.prefix, seed)
+        if arrays is not None:
+            load_prefix_arrays(prefix, arrays)
+        return prefix
+
+    # -- phase 1 ----------------------------------------------------------------------------
+    def source_step(
+        self, theta: Arrays, *, steps: int, lr: float, batch_size: int, seed: int
+    ) -> StepResult:
+        """W_i = SGD(L_i, θ, α, k): k plain SGD steps from θ on this client's training data."""
+        prefix = self.prefix_from(theta, seed)
+        result = sgd_inner_steps(
+            self.backbone,
+            prefix,
+            self.encoded["train"],
+            lr=lr,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        return StepResult(prefix_arrays(prefix), self.num_train_examples, float(result.mean_loss))
+
+    def validation_loss(self, theta: Arrays, batch_size: int = 8) -> tuple[float, int]:
+        """Mean response-token loss of θ on this client's validation split."""
+        prefix = self.prefix_from(theta, seed=0)
+        loss = evaluate_loss(self.backbone.model, prefix, self.encoded["valid"], batch_size)
+        return float(loss), len(self.encoded["valid"])
+
+    # -- phase 2 ----------------------------------------------------------------------------
+    def personalize(
+        self,
+        source: Arrays | None,
+        *,
+        seed: int,
+        scorer: ConsistencyScorer,
+        phase2: Phase2Config | None = None,
+        generation: GenerationConfig | None = None,
+    ) -> PersonalizeResult:
+        """Train this persona's prefix from the source prefix (or random), then evaluate locally.
+
+        Returns scalar metrics (the only thing a phase-2 client sends) and the folded prefix
+        (which the caller stores in the client's vault).
+        """
+        phase2 = phase2 or self.cfg.phase2
+        generation = generation or self.cfg.generation
+        started = time.perf_counter()
+        prefix = self.prefix_from(source if phase2.init == "source" else None, seed)
+        test = self.encoded["test"]
+        model = self.backbone.model
+        init_test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
+        trained = train_prefix(
+            self.backbone,
+            prefix,
+            self.encoded["train"],
+            self.encoded["valid"],
+            lr=phase2.lr,
+            batch_size=phase2.batch_size,
+            max_epochs=phase2.max_epochs,
+            patience=phase2.patience,
+            warmup_ratio=phase2.warmup_ratio,
+            weight_decay=phase2.weight_decay,
+            max_grad_norm=phase2.max_grad_norm,
+            seed=seed,
+        )
+        test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
+        folded = prefix.fold()
+        generated = self.generate(folded, self.examples["test"], generation)
+        references = [ex.response.text for ex in self.examples["test"]]
+        scores = score_responses(generated, references, self.data.persona, scorer)
+        metrics: dict[str, float] = {
+            "f1": scores["f1"],
+            "f1_2gram": scores["f1_2gram"],
+            "lcs_f1": scores["lcs_f1"],
+            "c_score": scores["c_score"],
+            "test_loss": float(test_loss),
+            "init_test_loss": float(init_test_loss),
+            "n_test_responses": float(len(references)),
+            "n_train_dialogues": float(self.data.num_dialogues("train")),
+            "epochs": float(len(trained.valid_losses)),
+            "best_epoch": float(trained.best_epoch),
+            "seconds": time.perf_counter() - started,
+        }
+        return PersonalizeResult(metrics=metrics, folded=folded, generated=generated)
+
+    def generate(
+        self, folded: torch.Tensor | None, examples: list[Example], generation: GenerationConfig
+    ) -> list[str]:
+        """Beam-search replies for ``examples`` conditioned on one folded prefix (m, width)."""
+        if not examples:
+            return []
+        prompts = [render_history(ex.history) for ex in examples]
+        states = None
+        if folded is not None:
+            states = folded.unsqueeze(0).expand(len(prompts), -1, -1)
+        return generate_replies(
+            self.backbone.model,
+            self.backbone.tokenizer,
+            states,
+            prompts,
+            num_beams=generation.num_beams,
+            max_new_tokens=generation.max_new_tokens,
+            length_penalty=generation.length_penalty,
+            no_repeat_ngram_size=generation.no_repeat_ngram_size,
+            max_length=self.cfg.data.max_length,
+        )
+
+
+def metrics_only(metrics: dict[str, Any]) -> dict[str, float]:
+    """The allowed phase-2 reply: finite float scalars only (anything else is dropped loudly)."""
+    clean: dict[str, float] = {}
+    for key, value in metrics.items():
+        number = float(value)
+        if not np.isfinite(number):
+            raise ValueError(f"metric '{key}' is not finite: {value!r}")
+        clean[key] = number
+    return clean

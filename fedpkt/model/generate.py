@@ -1,0 +1,183 @@
+"""Beam-search replies under persona prefixes, many personas in one batch.
+
+HF ``generate`` does the search (beam search with length penalty and n-gram blocking, or greedy
+with ``num_beams=1``); what fedpkt adds is how a *different* prefix per row gets in:
+
+- The prefix is handed to ``generate`` as a pre-filled cache (``prefix_cache``): m tokens of
+  keys/values per layer, one row per prompt. ``generate`` expands every tensor argument to
+  ``batch · num_beams`` rows itself (``repeat_interleave``) but not a user cache, so the states
+  are repeated the same way *before* the cache is built: row i's beams sit at rows
+  ``i·num_beams .. i·num_beams + num_beams - 1``, exactly where ``generate`` puts row i's
+  prompt, and beam reordering then moves cache rows along with their beams.
+- The attention mask given to ``generate`` covers prefix + prompt (m ones in front). Because it
+  is longer than ``input_ids`` by the cache length, ``generate`` feeds the whole prompt at the
+  first step (it only slices inputs when mask and ids are the same length).
+- Position ids are ``prefix_position_ids`` (the prefix takes 0..m-1, real tokens count from m,
+  left padding does not shift them), the same rule as ``forward_with_prefix`` in training, so a
+  row generates the same text whether batched with others or alone. ``generate`` extends them
+  by one per new token.
+
+A reply is one line: generation stops at EOS or at any token whose text contains a newline, and
+the decoded text is cut at its first newline and stripped.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import GenerationConfig
+
+from fedpkt.data.encoding import encode_prompts, pad_token_id
+from fedpkt.errors import FedpktError
+from fedpkt.model.backbone import Backbone
+from fedpkt.model.prefix import (
+    prefix_attention_mask,
+    prefix_cache,
+    prefix_position_ids,
+    prefix_shape_for,
+)
+
+_STOP_IDS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
+
+
+def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """EOS and every vocabulary token whose text contains a newline (sorted, EOS included).
+
+    Computed once per tokenizer object: decoding the whole vocabulary is cheap but not free.
+    """
+    cached = _STOP_IDS.get(tokenizer)
+    if cached is not None:
+        return cached
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise FedpktError(
+            f"tokenizer {type(tokenizer).__name__} has no eos_token_id; expected one to end replies"
+        )
+    size = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
+    ids = tuple(sorted({int(eos), *(i for i, text in enumerate(texts) if "\n" in text)}))
+    _STOP_IDS[tokenizer] = ids
+    return ids
+
+
+def _model_of(backbone_or_model: Backbone | nn.Module) -> nn.Module:
+    """The causal LM of a ``Backbone``, or the model itself."""
+    if isinstance(backbone_or_model, Backbone):
+        return backbone_or_model.model
+    if isinstance(backbone_or_model, nn.Module):
+        return backbone_or_model
+    raise FedpktError(
+        f"generate_replies got a {type(backbone_or_model).__name__}; expected a Backbone or a "
+        "Hugging Face causal LM"
+    )
+
+
+def _row_states(states: Tensor | None, rows: int) -> Tensor | None:
+    """Validate ``states``: (rows, m, width), or one prefix (m, width) shared by every row."""
+    if states is None:
+        return None
+    if states.dim() == 2:
+        return states.unsqueeze(0).expand(rows, -1, -1)
+    if states.dim() != 3 or states.shape[0] != rows:
+        raise FedpktError(
+            f"prefix states have shape {tuple(states.shape)}; expected ({rows}, m, width), one "
+            "row per prompt, or (m, width)"
+        )
+    return states
+
+
+def _prompt_budget(model: nn.Module, max_length: int, m: int, max_new_tokens: int) -> int:
+    """Prompt tokens kept: ``max_length``, less if prefix + prompt + reply would exceed the
+    model's position table (the oldest history is what gets cut)."""
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    budget = max_length if positions is None else min(max_length, positions - m - max_new_tokens)
+    if budget < 1:
+        raise FedpktError(
+            f"model has {positions} positions; expected more than prefix ({m}) + max_new_tokens "
+            f"({max_new_tokens})"
+        )
+    return budget
+
+
+def first_line(text: str) -> str:
+    """The reply proper: text up to its first newline, stripped."""
+    return text.split("\n", 1)[0].strip()
+
+
+def generate_replies(
+    backbone_or_model: Backbone | nn.Module,
+    tokenizer: Any,
+    states: Tensor | None,
+    prompts: Sequence[str],
+    *,
+    num_beams: int = 5,
+    max_new_tokens: int = 24,
+    length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 3,
+    max_length: int = 128,
+    batch_size: int = 16,
+) -> list[str]:
+    """One reply per prompt, row i conditioned on prefix ``states[i]``.
+
+    ``states``: (n, m, width) with n = len(prompts) (rows may be different personas), one
+    prefix (m, width) for all prompts, or None for the bare model. ``prompts`` are rendered
+    histories (``render_history``), each cut to its last ``max_length`` tokens. Deterministic:
+    beam search (greedy when ``num_beams=1``), no sampling. Runs without gradients with the model
+    in eval mode (its previous mode is restored). Returns stripped one-line replies.
+    """
+    model = _model_of(backbone_or_model)
+    if not prompts:
+        return []
+    for name, value in (
+        ("num_beams", num_beams),
+        ("max_new_tokens", max_new_tokens),
+        ("batch_size", batch_size),
+    ):
+        if not (isinstance(value, int) and value >= 1):
+            raise FedpktError(f"{name} is {value!r}; expected an integer >= 1")
+    row_states = _row_states(states, len(prompts))
+    m = 0 if row_states is None else row_states.shape[1]
+    shape = None if row_states is None else prefix_shape_for(model.config, m)
+    budget = _prompt_budget(model, max_length, m, max_new_tokens)
+    device = next(model.parameters()).device
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        length_penalty=length_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        eos_token_id=list(stop_token_ids(tokenizer)),
+        pad_token_id=pad_token_id(tokenizer),
+    )
+    replies: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            encoded = encode_prompts(chunk, tokenizer, budget)
+            input_ids = encoded["input_ids"].to(device)
+            mask = encoded["attention_mask"].to(device)
+            kwargs: dict[str, Any] = {
+                "attention_mask": mask,
+                "position_ids": prefix_position_ids(mask, m),
+            }
+            if row_states is not None and shape is not None:
+                rows = row_states[start : start + len(chunk)].detach()
+                rows = rows.to(device=device, dtype=model.dtype).repeat_interleave(num_beams, 0)
+                kwargs["cache"] = prefix_cache(rows.contiguous(), shape)
+                kwargs["attention_mask"] = prefix_attention_mask(mask, m)
+            with torch.no_grad():
+                output = model.generate(input_ids=input_ids, generation_config=config, **kwargs)
+            new_tokens = output[:, input_ids.shape[1] :]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            replies.extend(first_line(text) for text in texts)
+    finally:
+        model.train(was_training)
+    return replies

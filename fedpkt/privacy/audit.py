@@ -1,0 +1,1245 @@
+"""``fedpkt audit``: did anything but the privacy contract leave a client?
+
+The audit reads a run's egress log (``RUN/egress/<node>.jsonl`` plus the payload bytes in
+``RUN/egress/payloads/``, written by the client mod in ``clients/egress.py``) and answers two
+questions separately.
+
+1. **Contract** (the shape of every reply). A handshake (``query``) reply holds ConfigRecord
+   ``describe`` {client-ids, parts} and MetricRecord ``counts`` {num-examples}, all agreeing with
+   the data manifest. A phase-1 ``train`` reply holds ArrayRecord ``arrays`` with exactly the
+   prefix arrays of θ_0 for this run (names, float32, shapes: ``fedpkt.source.initial_theta`` on
+   the run's config and backbone config; the array bytes must be the numpy file of that shape)
+   and MetricRecord ``metrics`` {num-examples, train-loss}. A phase-1 ``evaluate`` reply holds
+   MetricRecord ``metrics`` {num-examples, val-loss}. A phase-2 ``train.personalize`` reply holds
+   MetricRecord ``metrics`` with numeric scalars under :data:`PHASE2_METRICS` names only.
+   Anything else (an extra record, key, array or message type) is a ``contract`` finding.
+
+2. **Content** (the bytes). Every payload — array bytes, metric and config keys and values,
+   error reasons — is searched for the sending client's own data:
+
+   - *text*: lower-cased word sequences (``\\w+``). Dialogue text counts as 8-word windows
+     (:data:`TEXT_NGRAM`), taken from each utterance, from each dialogue rendered as the model
+     sees it, and from its turns joined by spaces. A window that occurs in the data of at least
+     ``max(3, 10% of clients)`` clients (:func:`generic_min_clients`) is generic chit-chat
+     ("good question, i never thought about it. what about you?"): it identifies nobody, so it
+     is not searched for. Persona sentences and canaries are private by definition and are
+     searched for whole (at least :data:`MIN_SENTENCE_WORDS` words and
+     :data:`MIN_SENTENCE_CHARS` characters, so that random bytes cannot spell one), never
+     filtered. Raw bytes are read as runs of printable ASCII (JSON escapes non-ASCII, so metric
+     and config text is ASCII on the wire; those records are also JSON-decoded and scanned).
+   - *token ids*: every 8-id window (:data:`TOKEN_WINDOW`) of the client's token sequences from
+     the run's backbone tokenizer (its encoded training examples, whole rendered dialogues,
+     single utterances, persona sentences, canaries), with the same generic filter, searched
+     as 16-, 32- and 64-bit integers and as float16/32/64 values, in both byte orders, at every
+     byte offset; and as runs of integers inside JSON values (lists of numbers, digit runs).
+   - *canaries*: planted sentences (``data.canaries``) are searched as text and as token ids;
+     a hit is a ``canary`` finding.
+
+The byte search is one numpy pass per byte alignment: each pattern is keyed by 8 of its bytes,
+a 2^24-entry bit table rejects almost every position, and the rare survivors are compared in
+full. Auditing the embedded run takes seconds.
+
+Out of reach by design: values hidden in float mantissas or spread over many metric keys
+(steganography), non-ASCII text inside raw arrays beyond its ASCII words, and dialogue lines
+shorter than 8 words that are not persona sentences. Those leaks need a covert encoding; the
+contract check bounds the channel they could use.
+
+The audit needs the clients' data (it runs where the run directory's ``data/`` is) and the
+recorded payloads (``privacy.record_payloads=true``, the default); without them it stops with
+exit code 2 rather than call an unchecked run clean.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import math
+import re
+import time
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fedpkt.atomic import atomic_write_json, atomic_write_text
+from fedpkt.config import FedpktConfig
+from fedpkt.data.encoding import encode_examples, render_dialogue
+from fedpkt.data.examples import examples_from_dialogues
+from fedpkt.data.partition import load_client, load_manifest
+from fedpkt.data.schema import ClientData
+from fedpkt.errors import FedpktError
+from fedpkt.rundir import RunDir
+
+TEXT_NGRAM = 8
+"""Words per dialogue-text window: long enough that a hit means a copied sentence."""
+TOKEN_WINDOW = 8
+"""Token ids per window (the issue's 'runs of >= 8 ids')."""
+MIN_SENTENCE_WORDS = 3
+MIN_SENTENCE_CHARS = 8
+GENERIC_SHARE = 0.10
+GENERIC_FLOOR = 3
+MIN_DISTINCT_IDS = 3
+"""A token window with fewer distinct ids (e.g. a run of one id) would match zero-filled or
+constant arrays, so it is not searched for."""
+EXCERPT_CHARS = 80
+
+PHASE1_TRAIN_METRICS = frozenset({"num-examples", "train-loss"})
+PHASE1_EVAL_METRICS = frozenset({"num-examples", "val-loss"})
+PHASE2_METRICS = frozenset(
+    {
+        "f1",
+        "f1_2gram",
+        "lcs_f1",
+        "c_score",
+        "test_loss",
+        "init_test_loss",
+        "n_test_responses",
+        "n_train_dialogues",
+        "epochs",
+        "best_epoch",
+        "seconds",
+        "epsilon",
+    }
+)
+"""The metric scalars a phase-2 client may report (``clients/app.py``, plus DP's epsilon)."""
+HANDSHAKE = "query"
+PHASE1_TRAIN = "train"
+PHASE1_EVAL = "evaluate"
+PHASE2 = "train.personalize"
+
+FindingKind = Literal["contract", "text", "token-ids", "canary"]
+SourceKind = Literal["dialogue", "persona", "canary"]
+_PRIORITY = {"dialogue": 0, "persona": 1, "canary": 2}
+_WORD = re.compile(r"\w+")
+_ASCII_RUN = re.compile(rb"[\t\n\r\x20-\x7e]{%d,}" % MIN_SENTENCE_CHARS)
+_DIGITS = re.compile(r"\d+")
+
+
+def generic_min_clients(num_clients: int) -> int:
+    """How many clients must share a window for it to count as generic chit-chat.
+
+    ``max(3, ceil(10% of clients))``: a window in at least a tenth of all personas' data is
+    k-anonymous for a large k and says nothing about the sender. The floor of 3 keeps text that
+    two clients share (PERSONA-CHAT lists each conversation under both speakers) identifying.
+    E.g. 14 clients -> 3, 60 -> 6, 1293 -> 130.
+    """
+    return max(GENERIC_FLOOR, math.ceil(GENERIC_SHARE * num_clients))
+
+
+# ============================================================================ findings, report
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One breach of the contract, or one piece of a client's data found in what it sent.
+
+    ``log`` is ``<node>.jsonl:<line>``; ``record``/``key`` locate the bytes in the reply;
+    ``source`` says which of the client's data matched (content findings), ``encoding`` how it
+    was written (``utf-8 text``, ``int32-le``, ``json integers`` ...), ``matches`` how many
+    windows of that source matched in that record.
+    """
+
+    kind: FindingKind
+    detail: str
+    log: str
+    node: int | None
+    client: str | None
+    message_type: str
+    phase: str | None
+    round: int | None
+    record: str | None = None
+    key: str | None = None
+    source: str | None = None
+    encoding: str | None = None
+    excerpt: str | None = None
+    matches: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AuditReport:
+    """The verdict and everything that supports it (``audit.json`` is :meth:`to_json`)."""
+
+    run: str
+    findings: list[Finding]
+    messages: int
+    bytes: int
+    by_type: dict[str, dict[str, int]]
+    clients_scanned: list[str]
+    seconds: float = 0.0
+    rules: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> Literal["clean", "violation"]:
+        return "violation" if self.findings else "clean"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "findings": [f.to_json() for f in self.findings],
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "run": self.run,
+            "by_message_type": self.by_type,
+            "clients_scanned": self.clients_scanned,
+            "rules": self.rules,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def to_markdown(self) -> str:
+        """A human summary: verdict, what was checked, and one table row per finding."""
+        lines = [
+            f"# Egress audit: {self.verdict.upper()}",
+            "",
+            f"Run `{self.run}`: {self.messages} replies, {self.bytes} payload bytes, "
+            f"{len(self.clients_scanned)} clients' data searched, {len(self.findings)} findings.",
+            "",
+            "| message type | replies | bytes |",
+            "|---|---:|---:|",
+        ]
+        for name, row in sorted(self.by_type.items()):
+            lines.append(f"| `{name}` | {row['messages']} | {row['bytes']} |")
+        lines += ["", "## Findings", ""]
+        if not self.findings:
+            lines.append("None: every reply matched the contract and no payload held the sender's")
+            lines.append("text, token ids or canaries.")
+        else:
+            lines.append("| kind | client | message | record / key | detail | log |")
+            lines.append("|---|---|---|---|---|---|")
+            for f in self.findings:
+                where = f"{f.record or ''}/{f.key or ''}".strip("/")
+                detail = f.detail.replace("|", "\\|")
+                lines.append(
+                    f"| {f.kind} | {f.client or '-'} | `{f.message_type}` | `{where}` | "
+                    f"{detail} | {f.log} |"
+                )
+        lines += ["", "## Rules", ""]
+        for key, value in self.rules.items():
+            lines.append(f"- {key}: {value}")
+        return "\n".join(lines) + "\n"
+
+
+# ============================================================================ the egress log
+
+
+@dataclass(frozen=True)
+class EgressEntry:
+    """One logged reply (one JSON line of ``<node>.jsonl``)."""
+
+    log: str
+    node: int
+    client: str | None
+    phase: str | None
+    round: int | None
+    message_type: str
+    error: str | None
+    records: list[dict[str, Any]]
+    payload: str | None
+    bytes: int
+    sha256: str | None
+
+    def finding(self, kind: FindingKind, detail: str, **where: Any) -> Finding:
+        return Finding(
+            kind=kind,
+            detail=detail,
+            log=self.log,
+            node=self.node,
+            client=self.client,
+            message_type=self.message_type,
+            phase=self.phase,
+            round=self.round,
+            **where,
+        )
+
+
+_RECORD_KEYS = ("record", "kind", "key", "bytes", "sha256", "offset")
+
+
+def _parse_entry(obj: Any, where: str) -> EgressEntry:
+    """Validate one log line's object; anything unexpected is a one-line FedpktError."""
+    if not isinstance(obj, dict):
+        raise FedpktError(f"egress log {where} is not a JSON object")
+    for key in ("node_id", "message_type", "records"):
+        if key not in obj:
+            raise FedpktError(f"egress log {where} lacks key '{key}'")
+    records = obj["records"]
+    if not isinstance(records, list):
+        raise FedpktError(f"egress log {where} 'records' is not a list")
+    for record in records:
+        missing = [k for k in _RECORD_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise FedpktError(f"egress log {where} has a record without {', '.join(missing)}")
+        if record["kind"] not in ("array", "metric", "config"):
+            raise FedpktError(f"egress log {where} has a record of kind {record['kind']!r}")
+        if record["kind"] == "array" and ("dtype" not in record or "shape" not in record):
+            raise FedpktError(f"egress log {where} has an array record without dtype/shape")
+    client = obj.get("client_id")
+    round_num = obj.get("round")
+    return EgressEntry(
+        log=where,
+        node=int(obj["node_id"]),
+        client=str(client) if client is not None else None,
+        phase=str(obj["phase"]) if obj.get("phase") is not None else None,
+        round=int(round_num) if isinstance(round_num, int | float) else None,
+        message_type=str(obj["message_type"]),
+        error=str(obj["error"]) if obj.get("error") is not None else None,
+        records=records,
+        payload=obj.get("payload"),
+        bytes=int(obj.get("bytes", 0) or 0),
+        sha256=obj.get("sha256"),
+    )
+
+
+def read_egress(egress_dir: str | Path) -> list[EgressEntry]:
+    """Every reply in ``egress_dir/*.jsonl``, in file then line order.
+
+    Raises FedpktError when the directory or its log files are missing or a line is malformed.
+    """
+    directory = Path(egress_dir)
+    if not directory.is_dir():
+        raise FedpktError(f"egress log '{directory}' is missing (expected a directory of .jsonl)")
+    files = sorted(directory.glob("*.jsonl"))
+    if not files:
+        raise FedpktError(f"egress log '{directory}' holds no .jsonl file (expected one per node)")
+    entries: list[EgressEntry] = []
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise FedpktError(f"egress log '{file}' is unreadable: {err}") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{file.name}:{number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise FedpktError(f"egress log {where} is not valid JSON ({err.msg})") from None
+            try:
+                entries.append(_parse_entry(obj, where))
+            except (TypeError, ValueError) as err:
+                raise FedpktError(f"egress log {where} has a malformed field ({err})") from None
+    return entries
+
+
+def load_payload(egress_dir: str | Path, entry: EgressEntry) -> bytes:
+    """The payload bytes of ``entry``, verified against the digests the log recorded.
+
+    A reply without content (an error reply) has an empty payload. A reply with content but no
+    recorded payload, or bytes that do not match the log, cannot be audited: FedpktError.
+    """
+    if not entry.records:
+        return b""
+    if not entry.payload:
+        raise FedpktError(
+            f"egress log {entry.log} has no recorded payload (privacy.record_payloads=false?); "
+            "the content audit needs payloads: rerun with privacy.record_payloads=true"
+        )
+    root = Path(egress_dir).resolve()
+    file = (root / str(entry.payload)).resolve()
+    if root not in file.parents or not file.is_file():
+        raise FedpktError(
+            f"egress log {entry.log} names payload '{entry.payload}', which is not a file "
+            f"under '{root}'"
+        )
+    data = file.read_bytes()
+    if len(data) != entry.bytes or sha256(data).hexdigest() != entry.sha256:
+        raise FedpktError(
+            f"payload '{entry.payload}' ({len(data)} bytes) does not match egress log "
+            f"{entry.log} ({entry.bytes} bytes, sha256 {str(entry.sha256)[:12]}...): "
+            "modified or truncated"
+        )
+    for record in entry.records:
+        start, size = int(record["offset"]), int(record["bytes"])
+        if start < 0 or start + size > len(data):
+            raise FedpktError(
+                f"egress log {entry.log} record '{record['key']}' spans bytes "
+                f"[{start}, {start + size}) outside its {len(data)}-byte payload"
+            )
+        if sha256(data[start : start + size]).hexdigest() != record["sha256"]:
+            raise FedpktError(
+                f"egress log {entry.log} record '{record['key']}' does not match its payload "
+                "bytes (sha256 differs): modified log or payload"
+            )
+    return data
+
+
+def _record_value(entry: EgressEntry, record: dict[str, Any], payload: bytes) -> Any:
+    """The value of a metric/config record, decoded from its canonical JSON ``{key: value}``."""
+    start, size = int(record["offset"]), int(record["bytes"])
+    try:
+        obj = json.loads(payload[start : start + size].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FedpktError(
+            f"egress log {entry.log} record '{record['key']}' payload is not the JSON text the "
+            "egress mod writes"
+        ) from None
+    if not isinstance(obj, dict) or list(obj) != [record["key"]]:
+        raise FedpktError(
+            f"egress log {entry.log} record '{record['key']}' payload holds another key"
+        )
+    return obj[record["key"]]
+
+
+# ============================================================================ the contract
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One expected phase-1 array: its dtype name and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ContractSpec:
+    """What replies may hold in this run: θ's arrays and each client's Part and count."""
+
+    arrays: dict[str, ArraySpec]
+    clients: dict[str, tuple[str, int]]
+
+
+def contract_spec(cfg: FedpktConfig, model_config: Any, manifest: dict[str, Any]) -> ContractSpec:
+    """The run's contract: θ_0's names/dtypes/shapes and the manifest's (part, n_i) per client."""
+    from fedpkt.source import initial_theta
+
+    theta, _ = initial_theta(cfg, model_config)
+    arrays = {k: ArraySpec(str(v.dtype), tuple(int(d) for d in v.shape)) for k, v in theta.items()}
+    clients = {
+        str(e["client_id"]): (str(e["part"]), int(e["num_train_examples"]))
+        for e in manifest["clients"]
+    }
+    return ContractSpec(arrays=arrays, clients=clients)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _npy_header(blob: bytes) -> tuple[str, tuple[int, ...], int] | None:
+    """(dtype, shape, header length) of a numpy ``.npy`` blob, or None if it is not one."""
+    stream = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(stream)
+        shape, fortran, dtype = np.lib.format._read_array_header(stream, version)  # type: ignore[attr-defined]
+    except (ValueError, OSError, SyntaxError):
+        return None
+    if fortran:
+        return None
+    return str(dtype.str if dtype.byteorder == ">" else dtype.name), tuple(shape), stream.tell()
+
+
+def _check_keys(
+    entry: EgressEntry, records: list[dict[str, Any]], allowed: frozenset[str], exact: bool
+) -> list[Finding]:
+    found = [r["key"] for r in records]
+    out = [
+        entry.finding("contract", f"key '{key}' is not allowed here (allowed: {sorted(allowed)})",
+                      record=records[0]["record"], key=key)
+        for key in found
+        if key not in allowed
+    ]
+    if exact:
+        for key in sorted(allowed - set(found)):
+            out.append(
+                entry.finding("contract", f"required key '{key}' is missing",
+                              record=records[0]["record"] if records else None, key=key)
+            )
+    return out
+
+
+def _only_records(
+    entry: EgressEntry, allowed: dict[tuple[str, str], frozenset[str] | None]
+) -> tuple[list[Finding], dict[tuple[str, str], list[dict[str, Any]]]]:
+    """Group records by (kind, name); every group not in ``allowed`` is a finding."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in entry.records:
+        groups.setdefault((record["kind"], str(record["record"])), []).append(record)
+    findings = []
+    for (kind, name), records in groups.items():
+        if (kind, name) not in allowed:
+            keys = ", ".join(str(r["key"]) for r in records)
+            findings.append(
+                entry.finding(
+                    "contract",
+                    f"{kind} record '{name}' (keys: {keys}) is not part of a "
+                    f"'{entry.message_type}' reply",
+                    record=name,
+                    key=str(records[0]["key"]),
+                )
+            )
+    for (kind, name), keys in allowed.items():
+        if (kind, name) not in groups and not entry.error:
+            findings.append(
+                entry.finding("contract", f"{kind} record '{name}' is missing", record=name)
+            )
+    return findings, groups
+
+
+def _check_arrays(
+    entry: EgressEntry, records: list[dict[str, Any]], payload: bytes, spec: ContractSpec
+) -> list[Finding]:
+    out = _check_keys(entry, records, frozenset(spec.arrays), exact=True)
+    for record in records:
+        expected = spec.arrays.get(record["key"])
+        if expected is None:
+            continue
+        shape = tuple(int(d) for d in record["shape"])
+        where = {"record": record["record"], "key": record["key"]}
+        if record["dtype"] != expected.dtype or shape != expected.shape:
+            out.append(
+                entry.finding(
+                    "contract",
+                    f"array is {record['dtype']}{list(shape)}; expected "
+                    f"{expected.dtype}{list(expected.shape)}",
+                    **where,
+                )
+            )
+            continue
+        start, size = int(record["offset"]), int(record["bytes"])
+        header = _npy_header(payload[start : start + size])
+        data_bytes = int(np.prod(expected.shape)) * np.dtype(expected.dtype).itemsize
+        if header is None or header[:2] != (expected.dtype, expected.shape) or (
+            size != header[2] + data_bytes
+        ):
+            out.append(
+                entry.finding(
+                    "contract",
+                    f"array bytes ({size}) are not a {expected.dtype}{list(expected.shape)} "
+                    "numpy array",
+                    **where,
+                )
+            )
+    return out
+
+
+def _check_scalars(
+    entry: EgressEntry, records: list[dict[str, Any]], payload: bytes, integer: Sequence[str] = ()
+) -> list[Finding]:
+    out = []
+    for record in records:
+        value = _record_value(entry, record, payload)
+        where = {"record": record["record"], "key": record["key"]}
+        if not _is_number(value):
+            out.append(
+                entry.finding("contract", f"value is {type(value).__name__}; expected a number",
+                              **where)
+            )
+        elif record["key"] in integer and (not float(value).is_integer() or value < 0):
+            out.append(
+                entry.finding("contract", f"value {value!r} is not a count", **where)
+            )
+    return out
+
+
+def _check_handshake(
+    entry: EgressEntry,
+    groups: dict[tuple[str, str], list[dict[str, Any]]],
+    payload: bytes,
+    spec: ContractSpec,
+) -> list[Finding]:
+    describe = groups.get(("config", "describe"), [])
+    counts = groups.get(("metric", "counts"), [])
+    out = _check_keys(entry, describe, frozenset({"client-ids", "parts"}), exact=True)
+    out += _check_keys(entry, counts, frozenset({"num-examples"}), exact=True)
+    if out:
+        return out
+    values = {r["key"]: _record_value(entry, r, payload) for r in describe + counts}
+    ids, parts, nums = values["client-ids"], values["parts"], values["num-examples"]
+    lists = [v for v in (ids, parts, nums) if isinstance(v, list)]
+    if len(lists) != 3 or len({len(v) for v in lists}) != 1:
+        return [entry.finding("contract", "client-ids, parts and num-examples are not three "
+                              "lists of one length", record="describe", key="client-ids")]
+    for cid, part, num in zip(ids, parts, nums, strict=True):
+        known = spec.clients.get(str(cid)) if isinstance(cid, str) else None
+        if known is None:
+            out.append(entry.finding("contract", f"client-ids names {str(cid)[:40]!r}, which is "
+                                     "not a client of the manifest", record="describe",
+                                     key="client-ids"))
+        elif (part, num) != known:
+            out.append(
+                entry.finding(
+                    "contract",
+                    f"client {cid} is announced as part {part!r} with {num!r} examples; the "
+                    f"manifest says part {known[0]!r} with {known[1]}",
+                    record="counts",
+                    key="num-examples",
+                )
+            )
+    return out
+
+
+def check_contract(entry: EgressEntry, payload: bytes, spec: ContractSpec) -> list[Finding]:
+    """Every way ``entry`` departs from what its message type may carry (empty: conforms)."""
+    kind = entry.message_type
+    if entry.error and not entry.records:
+        return []  # an error reply carries only its reason, which the content scan reads
+    if kind == HANDSHAKE:
+        findings, groups = _only_records(
+            entry, {("config", "describe"): None, ("metric", "counts"): None}
+        )
+        return findings + _check_handshake(entry, groups, payload, spec)
+    if kind == PHASE1_TRAIN:
+        findings, groups = _only_records(entry, {("array", "arrays"): None, ("metric", "metrics"): None})
+        arrays = groups.get(("array", "arrays"), [])
+        metrics = groups.get(("metric", "metrics"), [])
+        if arrays:
+            findings += _check_arrays(entry, arrays, payload, spec)
+        if metrics:
+            findings += _check_keys(entry, metrics, PHASE1_TRAIN_METRICS, exact=True)
+            findings += _check_scalars(entry, metrics, payload, integer=("num-examples",))
+        return findings
+    if kind == PHASE1_EVAL:
+        findings, groups = _only_records(entry, {("metric", "metrics"): None})
+        metrics = groups.get(("metric", "metrics"), [])
+        if metrics:
+            findings += _check_keys(entry, metrics, PHASE1_EVAL_METRICS, exact=True)
+            findings += _check_scalars(entry, metrics, payload, integer=("num-examples",))
+        return findings
+    if kind == PHASE2:
+        findings, groups = _only_records(entry, {("metric", "metrics"): None})
+        metrics = groups.get(("metric", "metrics"), [])
+        if metrics:
+            findings += _check_keys(entry, metrics, PHASE2_METRICS, exact=False)
+            findings += _check_scalars(entry, metrics, payload)
+        return findings
+    return [
+        entry.finding(
+            "contract",
+            f"message type '{kind}' is not one a fedpkt client answers "
+            f"({HANDSHAKE}, {PHASE1_TRAIN}, {PHASE1_EVAL}, {PHASE2})",
+        )
+    ]
+
+
+# ============================================================================ client fingerprints
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a searched-for sequence comes from in one client's data."""
+
+    kind: SourceKind
+    label: str
+
+
+@dataclass
+class ClientSequences:
+    """One client's data as word sequences and token-id sequences, each with its Source."""
+
+    client_id: str
+    words: list[tuple[list[str], Source]]
+    tokens: list[tuple[list[int], Source]]
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased ``\\w+`` words: the same split for the client's data and for payload text."""
+    return _WORD.findall(text.lower())
+
+
+def client_sequences(
+    data: ClientData, tokenizer: Any, history_turns: int, max_length: int
+) -> ClientSequences:
+    """Everything of ``data`` the audit searches for, as words and as backbone token ids.
+
+    Dialogues (all splits) contribute each utterance, the dialogue rendered as the model reads
+    it, the turns joined by spaces, and the client's encoded examples (exactly the ids it trains
+    on); the persona contributes each description sentence and the whole description; canaries
+    each planted sentence. Token ids are taken with and without a leading space, because BPE
+    spells a word differently at the start of a text.
+    """
+    client_id = str(data.meta.get("client_id", data.persona.persona_id))
+    words: list[tuple[list[str], Source]] = []
+    texts: list[tuple[str, Source]] = []
+    for split, dialogues in sorted(data.splits.items()):
+        for dialogue in dialogues:
+            source = Source("dialogue", f"{split} dialogue {dialogue.dialogue_id}")
+            for turn, utterance in enumerate(dialogue.turns):
+                texts.append((utterance.text, Source("dialogue", f"{source.label} turn {turn}")))
+            texts.append((render_dialogue(dialogue), source))
+            texts.append((" ".join(u.text for u in dialogue.turns), source))
+    for number, sentence in enumerate(data.persona.sentences):
+        texts.append((sentence, Source("persona", f"persona sentence {number}")))
+    texts.append((" ".join(data.persona.sentences), Source("persona", "persona description")))
+    for number, canary in enumerate(data.meta.get("canaries", []) or []):
+        texts.append((str(canary["text"]), Source("canary", f"canary {number}")))
+    for text, source in texts:
+        words.append((words_of(text), source))
+    tokens: list[tuple[list[int], Source]] = []
+    variants = [t for text, _ in texts for t in (text, f" {text}")]
+    encoded = tokenizer(variants, add_special_tokens=False)["input_ids"]
+    for i, (_, source) in enumerate(texts):
+        tokens.append((list(encoded[2 * i]), source))
+        tokens.append((list(encoded[2 * i + 1]), source))
+    for split, dialogues in sorted(data.splits.items()):
+        examples = examples_from_dialogues(dialogues, history_turns)
+        for number, example in enumerate(encode_examples(examples, tokenizer, max_length)):
+            tokens.append((list(example.input_ids), Source("dialogue", f"{split} example {number}")))
+    return ClientSequences(client_id, words, tokens)
+
+
+def _text_windows(words: list[str], n: int) -> list[str]:
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def _id_windows(ids: Sequence[int], n: int) -> np.ndarray:
+    """(count, n) int64 array of every length-n window of ``ids`` (count 0 when too short)."""
+    array = np.asarray(ids, dtype=np.int64)
+    if len(array) < n:
+        return np.zeros((0, n), dtype=np.int64)
+    return np.lib.stride_tricks.sliding_window_view(array, n)
+
+
+_MULTIPLIERS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+     0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9],
+    dtype=np.uint64,
+)
+
+
+def window_hashes(windows: np.ndarray) -> np.ndarray:
+    """64-bit hashes of the rows of a (count, 8) id array (equal rows, equal hashes)."""
+    if len(windows) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    mixed = (windows.astype(np.uint64) + np.uint64(1)) * _MULTIPLIERS[: windows.shape[1]]
+    h = np.bitwise_xor.reduce(mixed, axis=1)
+    h ^= h >> np.uint64(31)
+    return h * np.uint64(0x94D049BB133111EB)
+
+
+def _text_hash(window: str) -> int:
+    return hash(window) & 0xFFFFFFFFFFFFFFFF
+
+
+def dialogue_keys(seqs: ClientSequences) -> tuple[np.ndarray, np.ndarray]:
+    """Unique hashes of this client's dialogue text windows and dialogue token windows."""
+    text = {
+        _text_hash(w) for ws, src in seqs.words if src.kind == "dialogue"
+        for w in _text_windows(ws, TEXT_NGRAM)
+    }
+    ids = [_id_windows(t, TOKEN_WINDOW) for t, src in seqs.tokens if src.kind == "dialogue"]
+    id_hashes = window_hashes(np.concatenate(ids)) if ids else np.zeros(0, np.uint64)
+    return np.unique(np.fromiter(text, dtype=np.uint64, count=len(text))), np.unique(id_hashes)
+
+
+@dataclass(frozen=True)
+class GenericSets:
+    """Sorted hashes of dialogue windows shared by at least ``min_clients`` clients."""
+
+    text: np.ndarray
+    ids: np.ndarray
+    min_clients: int
+
+    @classmethod
+    def count(cls, per_client: Iterable[tuple[np.ndarray, np.ndarray]], num_clients: int) -> GenericSets:
+        """Document frequency over clients (each client's hashes are unique already)."""
+        threshold = generic_min_clients(num_clients)
+        texts, ids = [], []
+        for text, id_hashes in per_client:
+            texts.append(text)
+            ids.append(id_hashes)
+
+        def frequent(parts: list[np.ndarray]) -> np.ndarray:
+            if not parts:
+                return np.zeros(0, dtype=np.uint64)
+            values, counts = np.unique(np.concatenate(parts), return_counts=True)
+            return values[counts >= threshold]
+
+        return cls(frequent(texts), frequent(ids), threshold)
+
+
+def _contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    if len(sorted_values) == 0 or len(values) == 0:
+        return np.zeros(len(values), dtype=bool)
+    idx = np.searchsorted(sorted_values, values)
+    idx[idx == len(sorted_values)] = 0
+    return sorted_values[idx] == values
+
+
+# ============================================================================ byte-level search
+
+ENCODINGS: tuple[tuple[str, str], ...] = (
+    ("int16-le", "<u2"),
+    ("int16-be", ">u2"),
+    ("int32-le", "<i4"),
+    ("int32-be", ">i4"),
+    ("int64-le", "<i8"),
+    ("int64-be", ">i8"),
+    ("float16-le", "<f2"),
+    ("float16-be", ">f2"),
+    ("float32-le", "<f4"),
+    ("float32-be", ">f4"),
+    ("float64-le", "<f8"),
+    ("float64-be", ">f8"),
+)
+"""How token ids may be written into bytes. 16-bit covers int16 and uint16 (same bytes)."""
+_TABLE_BITS = 24
+_TABLE_MASK = np.uint64((1 << _TABLE_BITS) - 1)
+
+
+def encode_windows(windows: np.ndarray, dtype: str) -> np.ndarray | None:
+    """(count, 8·itemsize) uint8 rows: each window written as ``dtype``; None if it cannot hold
+    the ids (16-bit ids above 65535, float16 above 65504)."""
+    target = np.dtype(dtype)
+    if target.kind == "u" and windows.max(initial=0) > np.iinfo(target).max:
+        return None
+    if target.kind == "f" and target.itemsize == 2 and windows.max(initial=0) > 65504:
+        return None
+    cast = windows.astype(target)
+    return cast.view(np.uint8).reshape(len(windows), -1)
+
+
+class ByteScanner:
+    """Finds any of a set of id windows, in every encoding, at any byte offset of a payload.
+
+    Each encoded pattern (16 to 64 bytes) is keyed by its 8-byte chunk with the most non-zero
+    bytes. For each of the 8 byte alignments the payload is read as little-endian uint64; a
+    bit table on the low 24 bits of those words rejects almost every position, a sorted search
+    confirms the key, and the surviving positions are compared byte for byte.
+    """
+
+    def __init__(self, windows: np.ndarray) -> None:
+        self.windows = windows
+        keys, offsets, pattern_ids, encodings = [], [], [], []
+        self.patterns: list[np.ndarray] = []
+        for number, (_, dtype) in enumerate(ENCODINGS):
+            rows = encode_windows(windows, dtype) if len(windows) else None
+            if rows is None:
+                self.patterns.append(np.zeros((0, 0), dtype=np.uint8))
+                continue
+            self.patterns.append(rows)
+            chunks = rows.reshape(len(rows), -1, 8)
+            best = np.argmax(np.count_nonzero(chunks, axis=2), axis=1)
+            chosen = chunks[np.arange(len(rows)), best]
+            keys.append(np.ascontiguousarray(chosen).view("<u8").reshape(-1))
+            offsets.append(best * 8)
+            pattern_ids.append(np.arange(len(rows)))
+            encodings.append(np.full(len(rows), number))
+        if keys:
+            all_keys = np.concatenate(keys)
+            order = np.argsort(all_keys, kind="stable")
+            self.keys = all_keys[order]
+            self.offsets = np.concatenate(offsets)[order]
+            self.rows = np.concatenate(pattern_ids)[order]
+            self.encodings = np.concatenate(encodings)[order]
+        else:
+            self.keys = np.zeros(0, dtype=np.uint64)
+            self.offsets = self.rows = self.encodings = np.zeros(0, dtype=np.int64)
+        self.table = np.zeros(1 << _TABLE_BITS, dtype=bool)
+        self.table[(self.keys & _TABLE_MASK).astype(np.intp)] = True
+
+    def scan(self, payload: bytes) -> list[tuple[int, int, str]]:
+        """Every (start offset, window index, encoding name) whose bytes occur in ``payload``."""
+        if len(self.keys) == 0 or len(payload) < 16:
+            return []
+        hits: set[tuple[int, int, str]] = set()
+        for align in range(8):
+            count = (len(payload) - align) // 8
+            if count <= 0:
+                break
+            words = np.frombuffer(payload, dtype="<u8", count=count, offset=align)
+            maybe = np.flatnonzero(self.table[(words & _TABLE_MASK).astype(np.intp)])
+            if len(maybe) == 0:
+                continue
+            candidates = words[maybe]
+            lo = np.searchsorted(self.keys, candidates, side="left")
+            hi = np.searchsorted(self.keys, candidates, side="right")
+            for position, first, last in zip(maybe, lo, hi, strict=True):
+                at = align + 8 * int(position)
+                for k in range(int(first), int(last)):
+                    enc = int(self.encodings[k])
+                    row = int(self.rows[k])
+                    pattern = self.patterns[enc][row]
+                    start = at - int(self.offsets[k])
+                    end = start + len(pattern)
+                    if start >= 0 and end <= len(payload) and payload[start:end] == pattern.tobytes():
+                        hits.add((start, row, ENCODINGS[enc][0]))
+        return sorted(hits)
+
+
+# ============================================================================ fingerprints
+
+
+@dataclass
+class Fingerprint:
+    """What to search for in one client's replies: word windows and id windows, by Source."""
+
+    client_id: str
+    text: dict[int, dict[str, Source]]
+    first_words: dict[int, set[str]]
+    ids: dict[tuple[int, ...], Source]
+    scanner: ByteScanner
+
+    @classmethod
+    def build(cls, seqs: ClientSequences, generic: GenericSets) -> Fingerprint:
+        """Dialogue windows minus generic ones; persona sentences and canaries always."""
+        text: dict[int, dict[str, Source]] = {}
+
+        def add_text(window: str, length: int, source: Source) -> None:
+            table = text.setdefault(length, {})
+            old = table.get(window)
+            if old is None or _PRIORITY[source.kind] > _PRIORITY[old.kind]:
+                table[window] = source
+
+        for words, source in seqs.words:
+            if source.kind == "dialogue":
+                windows = _text_windows(words, TEXT_NGRAM)
+                hashes = np.fromiter((_text_hash(w) for w in windows), np.uint64, len(windows))
+                for window, generic_hit in zip(windows, _contains(generic.text, hashes), strict=True):
+                    if not generic_hit:
+                        add_text(window, TEXT_NGRAM, source)
+            elif len(words) >= TEXT_NGRAM:
+                for window in _text_windows(words, TEXT_NGRAM):
+                    add_text(window, TEXT_NGRAM, source)
+            elif len(words) >= MIN_SENTENCE_WORDS and len(" ".join(words)) >= MIN_SENTENCE_CHARS:
+                add_text(" ".join(words), len(words), source)
+        ids: dict[tuple[int, ...], Source] = {}
+        for tokens, source in seqs.tokens:
+            windows = _id_windows(tokens, TOKEN_WINDOW)
+            if len(windows) == 0:
+                continue
+            keep = np.ones(len(windows), dtype=bool)
+            if source.kind == "dialogue":
+                keep &= ~_contains(generic.ids, window_hashes(windows))
+            distinct = np.array([len(set(row)) for row in windows.tolist()])
+            keep &= distinct >= MIN_DISTINCT_IDS
+            for row in windows[keep].tolist():
+                key = tuple(row)
+                old = ids.get(key)
+                if old is None or _PRIORITY[source.kind] > _PRIORITY[old.kind]:
+                    ids[key] = source
+        rows = np.array(list(ids), dtype=np.int64).reshape(-1, TOKEN_WINDOW)
+        first = {length: {w.split(" ", 1)[0] for w in table} for length, table in text.items()}
+        return cls(seqs.client_id, text, first, ids, ByteScanner(rows))
+
+    @property
+    def id_rows(self) -> list[tuple[int, ...]]:
+        return [tuple(int(v) for v in row) for row in self.scanner.windows.tolist()]
+
+    def match_text(self, text: str) -> list[tuple[str, Source]]:
+        """Each (window, Source) of this client's text found in ``text`` (word-level match)."""
+        words = words_of(text)
+        out = []
+        for length, table in self.text.items():
+            starts = self.first_words[length]
+            for i in range(len(words) - length + 1):
+                if words[i] in starts:
+                    window = " ".join(words[i : i + length])
+                    source = table.get(window)
+                    if source is not None:
+                        out.append((window, source))
+        return out
+
+    def match_ints(self, values: Sequence[int]) -> list[tuple[tuple[int, ...], Source]]:
+        """Each id window of this client found in a run of integers."""
+        out = []
+        for i in range(len(values) - TOKEN_WINDOW + 1):
+            window = tuple(values[i : i + TOKEN_WINDOW])
+            source = self.ids.get(window)
+            if source is not None:
+                out.append((window, source))
+        return out
+
+
+# ============================================================================ scanning a reply
+
+
+@dataclass
+class _Views:
+    """The ways a reply's content can be read: texts, integer runs and raw byte blobs."""
+
+    texts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    ints: list[tuple[list[int], dict[str, Any]]] = field(default_factory=list)
+    blobs: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+
+
+def _walk_json(value: Any, where: dict[str, Any], views: _Views) -> None:
+    """Collect texts (keys, strings), integer runs (number lists, digit runs) and bytes values."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            views.texts.append((str(key), where))
+            _walk_json(item, where, views)
+    elif isinstance(value, list):
+        run: list[int] = []
+        for item in value:
+            if _is_number(item) and math.isfinite(item) and float(item).is_integer():
+                run.append(int(item))
+                continue
+            if len(run) >= TOKEN_WINDOW:
+                views.ints.append((run, where))
+            run = []
+            if not _is_number(item):
+                _walk_json(item, where, views)
+        if len(run) >= TOKEN_WINDOW:
+            views.ints.append((run, where))
+    elif isinstance(value, str):
+        views.texts.append((value, where))
+        digits = [int(d) for d in _DIGITS.findall(value)]
+        if len(digits) >= TOKEN_WINDOW:
+            views.ints.append((digits, where))
+        if value[:2] in ("b'", 'b"'):  # bytes values reach the log as their repr (egress mod)
+            try:
+                blob = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                blob = None
+            if isinstance(blob, bytes):
+                views.blobs.append((blob, where))
+
+
+def reply_views(entry: EgressEntry, payload: bytes) -> _Views:
+    """Decode a reply's metric/config records and error reason into searchable views."""
+    views = _Views()
+    for record in entry.records:
+        if record["kind"] == "array":
+            continue
+        where = {"record": record["record"], "key": record["key"]}
+        views.texts.append((str(record["key"]), where))
+        _walk_json(_record_value(entry, record, payload), where, views)
+    if entry.error:
+        where = {"record": None, "key": "error reason"}
+        views.texts.append((entry.error, where))
+        _walk_json(entry.error, where, views)
+    return views
+
+
+def _record_at(entry: EgressEntry, offset: int) -> dict[str, Any]:
+    starts = [int(r["offset"]) for r in entry.records]
+    index = bisect_right(starts, offset) - 1
+    if index < 0:
+        return {"record": None, "key": None}
+    record = entry.records[index]
+    return {"record": record["record"], "key": record["key"]}
+
+
+def _excerpt(text: str) -> str:
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
+class _Collector:
+    """Merges content hits into one finding per (reply, record, key, source, encoding)."""
+
+    def __init__(self, entry: EgressEntry) -> None:
+        self.entry = entry
+        self.hits: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def add(self, where: dict[str, Any], source: Source, encoding: str, excerpt: str) -> None:
+        key = (where.get("record"), where.get("key"), source.label, encoding)
+        if key in self.hits:
+            self.hits[key]["matches"] += 1
+        else:
+            self.hits[key] = {"where": where, "source": source, "encoding": encoding,
+                              "excerpt": excerpt, "matches": 1}
+
+    def findings(self, client: str) -> list[Finding]:
+        out = []
+        for hit in self.hits.values():
+            source: Source = hit["source"]
+            if source.kind == "canary":
+                kind: FindingKind = "canary"
+            elif hit["encoding"] == "utf-8 text":
+                kind = "text"
+            else:
+                kind = "token-ids"
+            detail = f"{source.label} of client {client} found as {hit['encoding']}"
+            out.append(
+                self.entry.finding(
+                    kind,
+                    detail,
+                    record=hit["where"].get("record"),
+                    key=hit["where"].get("key"),
+                    source=f"{client}: {source.label}",
+                    encoding=hit["encoding"],
+                    excerpt=_excerpt(hit["excerpt"]),
+                    matches=hit["matches"],
+                )
+            )
+        return out
+
+
+def scan_reply(
+    entry: EgressEntry, payload: bytes, fingerprint: Fingerprint, decode: Any = None
+) -> list[Finding]:
+    """Search one reply for one client's data: raw bytes, decoded JSON views, error reason.
+
+    ``decode`` (token ids -> str) only makes excerpts readable.
+    """
+    collect = _Collector(entry)
+
+    def show(window: Sequence[int]) -> str:
+        return f"{decode(list(window))!r} ids {list(window)}" if decode else str(list(window))
+
+    for match in _ASCII_RUN.finditer(payload):
+        text = match.group().decode("ascii")
+        for window, source in fingerprint.match_text(text):
+            collect.add(_record_at(entry, match.start()), source, "utf-8 text", window)
+    rows = fingerprint.scanner.windows
+    id_sources = fingerprint.ids
+    for start, row, encoding in fingerprint.scanner.scan(payload):
+        window = tuple(int(v) for v in rows[row])
+        collect.add(_record_at(entry, start), id_sources[window], encoding, show(window))
+    views = reply_views(entry, payload)
+    for text, where in views.texts:
+        for window, source in fingerprint.match_text(text):
+            collect.add(where, source, "utf-8 text", window)
+    for values, where in views.ints:
+        for window, source in fingerprint.match_ints(values):
+            collect.add(where, source, "json integers", show(window))
+    for blob, where in views.blobs:
+        for start, row, encoding in fingerprint.scanner.scan(blob):
+            window = tuple(int(v) for v in rows[row])
+            collect.add(where, id_sources[window], f"{encoding} (bytes value)", show(window))
+        for match in _ASCII_RUN.finditer(blob):
+            for window, source in fingerprint.match_text(match.group().decode("ascii")):
+                collect.add(where, source, "utf-8 text", window)
+    return collect.findings(fingerprint.client_id)
+
+
+# ============================================================================ the run
+
+
+def senders(entries: Sequence[EgressEntry], egress_dir: Path, known: set[str]) -> dict[int, set[str]]:
+    """Which clients each node speaks for: the clients named in its requests and handshakes.
+
+    Only ids present in the manifest count, so a reply cannot steer the audit away from its
+    own data by announcing a made-up id.
+    """
+    by_node: dict[int, set[str]] = {}
+    for entry in entries:
+        ids = by_node.setdefault(entry.node, set())
+        if entry.client in known:
+            ids.add(str(entry.client))
+        if entry.message_type == HANDSHAKE and entry.records:
+            for record in entry.records:
+                if record["kind"] == "config" and record["key"] == "client-ids":
+                    payload = load_payload(egress_dir, entry)
+                    value = _record_value(entry, record, payload)
+                    if isinstance(value, list):
+                        ids.update(str(v) for v in value if str(v) in known)
+    return by_node
+
+
+def _owners(entry: EgressEntry, by_node: dict[int, set[str]], known: set[str]) -> list[str]:
+    """The clients whose data ``entry`` is searched for: its sender, else its node's clients,
+    else (nothing known about the node) every client."""
+    if entry.client in known:
+        return [str(entry.client)]
+    return sorted(by_node.get(entry.node) or known)
+
+
+def load_tokenizer(cfg: FedpktConfig) -> Any:
+    """The run's backbone tokenizer (only the tokenizer: the audit needs no weights)."""
+    from transformers import AutoTokenizer
+
+    from fedpkt.model.backbone import backbone_path
+
+    path = backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FedpktError(f"backbone '{cfg.backbone.name}' has no usable tokenizer ({first})") from None
+
+
+def load_model_config(cfg: FedpktConfig) -> Any:
+    """The backbone's config (for θ's shapes), read from its local directory."""
+    from transformers import AutoConfig
+
+    from fedpkt.model.backbone import backbone_path
+
+    path = backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FedpktError(f"backbone '{cfg.backbone.name}' has an unreadable config ({first})") from None
+
+
+def audit_run(
+    run_dir: str | Path, *, tokenizer: Any = None, model_config: Any = None
+) -> AuditReport:
+    """Audit one run directory; raises FedpktError on bad input (nothing is written).
+
+    ``tokenizer`` and ``model_config`` default to the run's backbone's (callers that have them
+    loaded may pass them).
+    """
+    started = time.perf_counter()
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise FedpktError(f"run directory '{run_dir}' does not exist (expected a fedpkt run)")
+    cfg = run.config()
+    entries = read_egress(run.egress)
+    data_root = run.data_root(cfg)
+    manifest = load_manifest(data_root)
+    spec = contract_spec(cfg, model_config or load_model_config(cfg), manifest)
+    tokenizer = tokenizer or load_tokenizer(cfg)
+    known = set(spec.clients)
+
+    findings: list[Finding] = []
+    by_type: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        payload = load_payload(run.egress, entry)
+        row = by_type.setdefault(entry.message_type, {"messages": 0, "bytes": 0})
+        row["messages"] += 1
+        row["bytes"] += len(payload)
+        findings += check_contract(entry, payload, spec)
+        if entry.client is not None and entry.client not in known:
+            findings.append(
+                entry.finding("contract", f"request named client '{entry.client}', which is "
+                              "not in the manifest")
+            )
+
+    def sequences(client_id: str) -> ClientSequences:
+        data = load_client(data_root, client_id)
+        return client_sequences(data, tokenizer, cfg.data.history_turns, cfg.data.max_length)
+
+    generic = GenericSets.count((dialogue_keys(sequences(c)) for c in sorted(known)), len(known))
+    by_node = senders(entries, run.egress, known)
+    groups: dict[str, list[EgressEntry]] = {}
+    for entry in entries:
+        for owner in _owners(entry, by_node, known):
+            groups.setdefault(owner, []).append(entry)
+    decode = getattr(tokenizer, "decode", None)
+    for client_id in sorted(groups):
+        fingerprint = Fingerprint.build(sequences(client_id), generic)
+        for entry in groups[client_id]:
+            payload = load_payload(run.egress, entry)
+            findings += scan_reply(entry, payload, fingerprint, decode)
+
+    return AuditReport(
+        run=str(run.root),
+        findings=findings,
+        messages=len(entries),
+        bytes=sum(row["bytes"] for row in by_type.values()),
+        by_type=by_type,
+        clients_scanned=sorted(groups),
+        seconds=time.perf_counter() - started,
+        rules={
+            "text_ngram_words": TEXT_NGRAM,
+            "token_window_ids": TOKEN_WINDOW,
+            "generic_min_clients": generic.min_clients,
+            "persona_and_canary_min_words": MIN_SENTENCE_WORDS,
+            "token_encodings": [name for name, _ in ENCODINGS],
+            "phase2_metrics": sorted(PHASE2_METRICS),
+        },
+    )
+
+
+def write_audit(run_dir: str | Path, report: AuditReport) -> tuple[Path, Path]:
+    """Write ``RUN/audit.json`` and ``RUN/audit.md`` (atomically); returns both paths."""
+    root = Path(run_dir)
+    json_path = atomic_write_json(root / "audit.json", report.to_json())
+    md_path = atomic_write_text(root / "audit.md", report.to_markdown())
+    return json_path, md_path
+
+
+def iter_findings(report: AuditReport, kind: FindingKind) -> Iterator[Finding]:
+    """The report's findings of one kind (the CLI and tests use this filter)."""
+    return (f for f in report.findings if f.kind == kind)

@@ -1,0 +1,161 @@
+"""Reptile's inner loop, W_i = SGD(L_i, θ, α, k): k plain SGD steps on one persona's data.
+
+PPReptile (phase 1) runs it on a prefix with the backbone frozen; the full-model Reptile
+baseline runs it on a trainable copy of the backbone. Both go through ``_inner_steps``, and each
+update is ``fedpkt.train.loop.optimizer_step``, the same update the epoch loop makes.
+
+Batches: every step draws ``min(batch_size, n)`` distinct examples uniformly from a
+``torch.Generator`` seeded with ``seed``, independently of the other steps. A client with fewer
+than ``k · batch_size`` examples therefore sees examples again across steps (sampling with
+replacement across steps, without replacement inside a batch), and any client's k steps are
+reproducible from (θ, data, seed) alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fedpkt.data.encoding import EncodedExample
+from fedpkt.errors import FedpktError
+from fedpkt.model.backbone import Backbone
+from fedpkt.train.loop import (
+    OptimizerFactory,
+    StatesFn,
+    collate_for,
+    optimizer_step,
+    pad_id_for,
+    response_loss,
+    seeded_rng,
+    sgd,
+    trainable,
+)
+from fedpkt.train.prefix_training import backbone_parts
+
+
+@dataclass(frozen=True)
+class InnerResult:
+    """One client's inner loop: mean batch loss over the k steps (each taken before its
+    update), the client's example count n_i (the weight a server may use) and k."""
+
+    mean_loss: float
+    num_examples: int
+    steps: int
+
+
+def step_batches(num_examples: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """The example indices of each of ``steps`` batches (see the module doc for the scheme)."""
+    if num_examples < 1:
+        raise FedpktError("inner loop got 0 training examples; expected at least 1")
+    if steps < 1:
+        raise FedpktError(f"steps is {steps}; expected at least 1")
+    if batch_size < 1:
+        raise FedpktError(f"batch_size is {batch_size}; expected at least 1")
+    generator = torch.Generator().manual_seed(seed)
+    size = min(batch_size, num_examples)
+    return [torch.randperm(num_examples, generator=generator)[:size].tolist() for _ in range(steps)]
+
+
+def _inner_steps(
+    model: nn.Module,
+    states_fn: StatesFn | None,
+    trained: nn.Module,
+    train: Sequence[EncodedExample],
+    *,
+    lr: float,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    pad_id: int | None,
+    optimizer_factory: OptimizerFactory,
+) -> InnerResult:
+    """k updates of ``trained``'s parameters by the response loss of ``model`` under
+    ``states_fn`` (None: the bare model, which is then ``trained``)."""
+    if not lr > 0:
+        raise FedpktError(f"lr is {lr!r}; expected a number > 0")
+    batches = step_batches(len(train), steps, batch_size, seed)
+    params = trainable(list(trained.parameters()), "the inner-loop module")
+    optimizer = optimizer_factory(params, lr=lr, weight_decay=0.0)
+    collate_fn = collate_for(model, pad_id)
+    losses: list[float] = []
+    trained.train()
+    try:
+        with seeded_rng(seed):
+            for step, indices in enumerate(batches, start=1):
+                batch = collate_fn([train[i] for i in indices])
+                states: Tensor | None = None
+                if states_fn is not None:
+                    states = states_fn(len(indices))
+                losses.append(
+                    optimizer_step(
+                        params,
+                        optimizer,
+                        response_loss(model, states, batch),
+                        max_grad_norm=None,
+                        where=f"inner step {step}",
+                    )
+                )
+    finally:
+        trained.eval()
+    return InnerResult(sum(losses) / len(losses), len(train), len(losses))
+
+
+def sgd_inner_steps(
+    backbone: Backbone | nn.Module,
+    prefix: nn.Module,
+    train: Sequence[EncodedExample],
+    *,
+    lr: float,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    optimizer_factory: OptimizerFactory = sgd,
+) -> InnerResult:
+    """PPReptile's client step: ``steps`` SGD updates of ``prefix`` (in place), lr α, batches of
+    ``batch_size`` (b_in) examples; the backbone stays frozen.
+
+    ``optimizer_factory`` is the DP-SGD seam (default: plain SGD without momentum).
+    """
+    model, tokenizer = backbone_parts(backbone)
+    return _inner_steps(
+        model,
+        prefix,
+        prefix,
+        train,
+        lr=lr,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        pad_id=pad_id_for(model, tokenizer),
+        optimizer_factory=optimizer_factory,
+    )
+
+
+def sgd_inner_steps_model(
+    model: nn.Module,
+    train: Sequence[EncodedExample],
+    *,
+    lr: float,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    tokenizer: object | None = None,
+    optimizer_factory: OptimizerFactory = sgd,
+) -> InnerResult:
+    """Full-model Reptile's client step: ``steps`` SGD updates of every trainable parameter of
+    ``model`` (in place; pass a ``trainable_copy``), same batching as ``sgd_inner_steps``."""
+    return _inner_steps(
+        model,
+        None,
+        model,
+        train,
+        lr=lr,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        pad_id=pad_id_for(model, tokenizer),
+        optimizer_factory=optimizer_factory,
+    )

@@ -1,0 +1,258 @@
+"""The fedpkt ServerApp: handshake, phase 1 (source prefix), phase 2 (personalization), report.
+
+The server never holds client data: it learns client ids, Parts and example counts from a
+handshake, trains θ from the clients' W_i, and receives only metric scalars in phase 2.
+
+Settings come from the simulation runner (bound defaults) or, under ``flwr run`` / a real
+SuperLink, from the run config keys ``run-dir``, ``config``, ``set`` (``;``-separated
+``section.key=value``), ``phases`` (``all``, ``source`` or ``personalize``) and ``resume``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from fedpkt.atomic import atomic_write_bytes
+from fedpkt.config import FedpktConfig, config_to_toml, load_config
+from fedpkt.errors import FedpktError
+from fedpkt.model.backbone_info import backbone_config, backbone_num_params
+from fedpkt.model.prefix import PrefixShape, stored_params
+from fedpkt.report import write_report
+from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
+from fedpkt.source import SourceTrainer, client_seed, initial_theta
+from server.strategy import ClientDirectory, ClientEntry, SourcePrefixStrategy, client_message
+
+Arrays = dict[str, np.ndarray]
+PHASE2_METRICS = ("f1", "f1_2gram", "lcs_f1", "c_score")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one server run needs: its run directory (holding the resolved config) and phases."""
+
+    run_dir: Path
+    phases: str = "all"
+    resume: bool = False
+    method: str = "PersonaPKT (federated)"
+    on_event: Callable[[dict], None] | None = None
+    min_nodes: int = 1
+    node_wait_s: float = 300.0
+
+
+def settings_from_context(context: Context) -> ServerSettings:
+    """Server settings from a Flower run config (``flwr run .`` / deployment)."""
+    rc = dict(context.run_config)
+    overrides = [s for s in str(rc.get("set", "")).split(";") if s.strip()]
+    cfg = load_config(str(rc.get("config", "embedded")) or None, overrides)
+    run = create_run_dir(cfg, str(rc.get("run-dir", "")) or None)
+    return ServerSettings(
+        run_dir=run.root,
+        phases=str(rc.get("phases", "all")),
+        resume=bool(rc.get("resume", False)),
+        min_nodes=int(rc.get("min-nodes", 1)),
+        node_wait_s=float(rc.get("node-wait-s", 300.0)),
+    )
+
+
+def wait_for_nodes(grid: Grid, min_nodes: int, wait_s: float) -> list[int]:
+    """Block until at least ``min_nodes`` SuperNodes are connected (they register lazily)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= min_nodes:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedpktError(
+                f"only {len(nodes)} of the expected {min_nodes} client nodes connected "
+                f"within {wait_s:.0f} s"
+            )
+        time.sleep(0.5)
+
+
+def handshake(grid: Grid, node_ids: list[int], timeout: float) -> ClientDirectory:
+    """Ask every connected node which clients it serves (ids, Parts, training counts)."""
+    messages = [
+        Message(
+            content=RecordDict({"config": ConfigRecord({"phase": "handshake"})}),
+            message_type=MessageType.QUERY,
+            dst_node_id=node,
+        )
+        for node in node_ids
+    ]
+    directory = ClientDirectory()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            log(
+                WARNING,
+                "handshake: node %s failed: %s",
+                reply.metadata.src_node_id,
+                reply.error.reason,
+            )
+            continue
+        described = reply.content.config_records["describe"]
+        counts = reply.content.metric_records["counts"]["num-examples"]
+        for cid, part, count in zip(
+            described["client-ids"], described["parts"], counts, strict=True
+        ):
+            directory.entries[str(cid)] = ClientEntry(
+                str(cid), reply.metadata.src_node_id, str(part), int(count)
+            )
+    log(INFO, "handshake: %d clients on %d nodes", len(directory.entries), len(node_ids))
+    return directory
+
+
+def initial_prefix(cfg: FedpktConfig) -> tuple[Arrays, PrefixShape]:
+    """θ_0 for this run; the server reads only the backbone's config, never its weights."""
+    return initial_theta(
+        cfg, backbone_config(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
+    )
+
+
+def run_phase1(
+    grid: Grid, run: RunDir, cfg: FedpktConfig, directory: ClientDirectory, settings: ServerSettings
+) -> Arrays:
+    """Train the source prefix over Part A; resume from the last checkpoint when asked."""
+    part_a = directory.part("A")
+    theta0, _ = initial_prefix(cfg)
+    trainer = SourceTrainer(
+        theta0, cfg.phase1, {e.client_id: e.num_examples for e in part_a}, cfg.seed
+    )
+    start_round = 0
+    latest = SourceTrainer.latest_checkpoint(run.checkpoints)
+    if latest is not None:
+        if not settings.resume:
+            raise FedpktError(
+                f"'{run.root}' already has phase-1 checkpoints; pass --resume to continue it"
+            )
+        trainer.load(latest)
+        start_round = trainer.round
+        log(INFO, "resuming phase 1 after round %d", start_round)
+    strategy = SourcePrefixStrategy(
+        trainer, directory, config_to_toml(cfg), run, on_round=settings.on_event
+    )
+    theta = strategy.start(grid, timeout=cfg.phase1.client_timeout_s, start_round=start_round)
+    atomic_write_bytes(run.source_prefix, save_safetensors(theta))
+    return theta
+
+
+def load_source_prefix(run: RunDir) -> Arrays:
+    """The source prefix phase 1 left in the run directory."""
+    if not run.source_prefix.is_file():
+        raise FedpktError(f"'{run.root}' has no source prefix; run phase 1 first")
+    return load_safetensors(run.source_prefix.read_bytes())
+
+
+def run_phase2(
+    grid: Grid,
+    run: RunDir,
+    cfg: FedpktConfig,
+    directory: ClientDirectory,
+    source: Arrays,
+    settings: ServerSettings,
+) -> list[dict[str, Any]]:
+    """Send θ_source to every Part B/C client; collect their metric scalars."""
+    targets = directory.part("B") + directory.part("C")
+    if cfg.phase2.max_clients:
+        rng = np.random.default_rng([cfg.seed, 2])
+        keep = sorted(
+            rng.choice(len(targets), size=min(cfg.phase2.max_clients, len(targets)), replace=False)
+        )
+        targets = [targets[i] for i in keep]
+    config_text = config_to_toml(cfg)
+    send = source if cfg.phase2.init == "source" else None
+    messages = [
+        client_message(
+            entry,
+            f"{MessageType.TRAIN}.personalize",
+            {
+                "fedpkt-config": config_text,
+                "phase": "personalize",
+                "server-round": 0,
+                "seed": client_seed(cfg.seed, 0, entry.client_id, "personalize"),
+            },
+            send,
+        )
+        for entry in targets
+    ]
+    by_node = {e.node_id: e for e in targets}
+    rows: list[dict[str, Any]] = []
+    for reply in grid.send_and_receive(messages, timeout=cfg.phase1.client_timeout_s * 4):
+        entry = by_node.get(reply.metadata.src_node_id)
+        if entry is None:
+            continue
+        if reply.has_error():
+            log(WARNING, "phase 2: client %s failed: %s", entry.client_id, reply.error.reason)
+            run.log_event(
+                {
+                    "event": "client_failed",
+                    "client_id": entry.client_id,
+                    "reason": reply.error.reason,
+                }
+            )
+            continue
+        metrics = dict(reply.content.metric_records["metrics"])
+        row = {"event": "client", "client_id": entry.client_id, "part": entry.part, **metrics}
+        run.log_event(row)
+        rows.append(row)
+        if settings.on_event is not None:
+            settings.on_event(row)
+    return rows
+
+
+def run_server(grid: Grid, settings: ServerSettings) -> None:
+    """The whole server side of a run, in the order of DESIGN.md's data flow."""
+    run = RunDir(settings.run_dir)
+    cfg = run.config()
+    started = time.perf_counter()
+    ensure_partitions(cfg, run)
+    nodes = wait_for_nodes(grid, settings.min_nodes, settings.node_wait_s)
+    directory = handshake(grid, nodes, cfg.phase1.client_timeout_s)
+    if settings.phases in ("all", "source"):
+        if not directory.part("A"):
+            raise FedpktError("no Part A client answered the handshake; phase 1 needs some")
+        source = run_phase1(grid, run, cfg, directory, settings)
+    else:
+        source = load_source_prefix(run)
+    if settings.phases in ("all", "personalize"):
+        rows = run_phase2(grid, run, cfg, directory, source, settings)
+        _, shape = initial_prefix(cfg)
+        backbone_params = backbone_num_params(
+            cfg.backbone.name, embedded_size=cfg.backbone.embedded_size
+        )
+        write_report(
+            run.root,
+            method=settings.method,
+            rounds=run.events("round"),
+            clients=rows,
+            stored_params_pct=100.0 * stored_params(shape) / backbone_params,
+            config=cfg.model_dump(mode="json"),
+        )
+    run.log_event(
+        {"event": "done", "phases": settings.phases, "seconds": time.perf_counter() - started}
+    )
+
+
+def make_server_app(settings: ServerSettings | None = None) -> ServerApp:
+    """The ServerApp; bound settings (simulation) or settings from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, settings or settings_from_context(context))
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,277 @@
+"""Phase 1 as a Flower Message-API strategy: PPReptile, base and temperature, on SourceTrainer.
+
+The four Strategy hooks only translate between Flower messages and ``fedpkt.source``'s
+SourceTrainer (sampling, validation, the outer step). ``start`` is overridden to add what the
+stock loop lacks: a checkpoint after every round, resume, the minimum-successful-clients rule,
+and one ``metrics.jsonl`` line per round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+from flwr.supercore import log
+
+from fedpkt.errors import FedpktError
+from fedpkt.rundir import RunDir
+from fedpkt.source import ClientUpdate, SourceTrainer, client_seed
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClientEntry:
+    """What the handshake told the server about one client: its node, Part and n_i."""
+
+    client_id: str
+    node_id: int
+    part: str
+    num_examples: int
+
+
+@dataclass
+class ClientDirectory:
+    """client id -> (node, Part, n_i), built from the clients' handshake replies."""
+
+    entries: dict[str, ClientEntry] = field(default_factory=dict)
+
+    def part(self, part: str) -> list[ClientEntry]:
+        return [e for cid, e in sorted(self.entries.items()) if e.part == part]
+
+
+def to_array_record(arrays: Arrays) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> Arrays:
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def client_message(
+    entry: ClientEntry,
+    message_type: str,
+    config: dict,
+    arrays: Arrays | None = None,
+) -> Message:
+    """One message to one client: the common config plus (optionally) prefix arrays."""
+    content = RecordDict({"config": ConfigRecord({"client-id": entry.client_id, **config})})
+    if arrays is not None:
+        content["arrays"] = to_array_record(arrays)
+    return Message(content=content, message_type=message_type, dst_node_id=entry.node_id)
+
+
+class SourcePrefixStrategy(Strategy):
+    """PPReptile / base / temperature source-prefix training over Part A clients."""
+
+    def __init__(
+        self,
+        trainer: SourceTrainer,
+        directory: ClientDirectory,
+        config_text: str,
+        run: RunDir,
+        on_round: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.directory = directory
+        self.config_text = config_text
+        self.run = run
+        self.on_round = on_round
+        self.cfg = trainer.cfg
+        self._sent: dict[str, str] = {}  # message client ids of the current round
+        self.failures: list[dict] = []
+        self.train_loss = float("nan")
+
+    def summary(self) -> None:
+        log(
+            INFO,
+            "\t├── %s, sampling=%s (T=%s), b_out=%d, k=%d, alpha=%g, beta=%g (%s), rounds=%d",
+            self.cfg.strategy,
+            self.cfg.sampling,
+            self.cfg.temperature,
+            self.cfg.clients_per_round,
+            self.cfg.inner_steps,
+            self.cfg.inner_lr,
+            self.cfg.outer_lr,
+            self.cfg.server_optimizer,
+            self.cfg.rounds,
+        )
+
+    def _common(self, server_round: int, client_id: str, phase: str, purpose: str) -> dict:
+        return {
+            "fedpkt-config": self.config_text,
+            "server-round": server_round,
+            "phase": phase,
+            "seed": client_seed(self.trainer.seed, server_round, client_id, purpose),
+        }
+
+    # -- train --------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        theta = from_array_record(arrays)
+        sampled = self.trainer.sample_train()
+        self.failures = []
+        messages = []
+        for cid in sampled:
+            common = self._common(server_round, cid, "source", "train")
+            extra = {
+                "steps": self.cfg.inner_steps,
+                "lr": self.cfg.inner_lr,
+                "batch-size": self.cfg.inner_batch_size,
+            }
+            messages.append(
+                client_message(
+                    self.directory.entries[cid], MessageType.TRAIN, {**common, **extra}, theta
+                )
+            )
+        self._sent = {str(m.content["config"]["client-id"]): "" for m in messages}
+        return messages
+
+    def _reply_client(self, msg: Message) -> str:
+        node = msg.metadata.src_node_id
+        for cid in self._sent:
+            if self.directory.entries[cid].node_id == node:
+                return cid
+        return f"node-{node}"
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates: list[ClientUpdate] = []
+        seen: set[str] = set()
+        for msg in replies:
+            cid = self._reply_client(msg)
+            seen.add(cid)
+            if msg.has_error():
+                self._fail(server_round, cid, f"client error: {msg.error.reason}")
+                continue
+            try:
+                record = msg.content.array_records.get("arrays")
+                metrics = msg.content.metric_records.get("metrics")
+                if record is None or metrics is None:
+                    raise FedpktError("reply lacks the 'arrays' or 'metrics' record")
+                update = ClientUpdate(
+                    client_id=cid,
+                    arrays=from_array_record(record),
+                    num_examples=int(metrics["num-examples"]),
+                    loss=float(metrics["train-loss"]),
+                )
+                self.trainer.validate(update)
+            except (FedpktError, KeyError, ValueError, TypeError) as err:
+                self._fail(server_round, cid, f"rejected reply: {err}")
+                continue
+            updates.append(update)
+        for cid in self._sent:
+            if cid not in seen:
+                self._fail(server_round, cid, "no reply before the timeout")
+        if len(updates) < self.cfg.min_clients:
+            raise FedpktError(
+                f"round {server_round}: {len(updates)} valid replies, fewer than "
+                f"phase1.min_clients={self.cfg.min_clients}; resume with --resume after fixing"
+            )
+        theta = self.trainer.apply(updates)
+        self.train_loss = float(np.mean([u.loss for u in updates]))
+        metrics = MetricRecord(
+            {
+                "train-loss": self.train_loss,
+                "num-clients": len(updates),
+                "failures": len(self.failures),
+            }
+        )
+        return to_array_record(theta), metrics
+
+    def _fail(self, server_round: int, client_id: str, reason: str) -> None:
+        log(WARNING, "round %d: client %s left out: %s", server_round, client_id, reason)
+        self.failures.append({"client_id": client_id, "reason": reason})
+
+    # -- evaluate -----------------------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        theta = from_array_record(arrays)
+        sampled = self.trainer.sample_eval()
+        self._sent = {cid: "" for cid in sampled}
+        return [
+            client_message(
+                self.directory.entries[cid],
+                MessageType.EVALUATE,
+                self._common(server_round, cid, "source", "eval"),
+                theta,
+            )
+            for cid in sampled
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        losses, counts = [], []
+        for msg in replies:
+            if msg.has_error():
+                self._fail(server_round, self._reply_client(msg), msg.error.reason)
+                continue
+            metrics = msg.content.metric_records.get("metrics", {})
+            loss, count = (
+                float(metrics.get("val-loss", np.nan)),
+                int(metrics.get("num-examples", 0)),
+            )
+            if np.isfinite(loss) and count > 0:
+                losses.append(loss)
+                counts.append(count)
+        if not losses:
+            return None
+        return MetricRecord({"val-loss": float(np.average(losses, weights=counts))})
+
+    # -- the loop -----------------------------------------------------------------------------
+    def start(  # type: ignore[override]
+        self, grid: Grid, timeout: float, start_round: int = 0
+    ) -> Arrays:
+        """Run rounds start_round+1..R, checkpointing after each; returns the final θ."""
+        self.summary()
+        result = Result()
+        arrays = to_array_record(self.trainer.theta)
+        for server_round in range(start_round + 1, self.cfg.rounds + 1):
+            started = time.perf_counter()
+            replies = grid.send_and_receive(
+                messages=self.configure_train(server_round, arrays, ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            sampled = list(self._sent)
+            arrays, train_metrics = self.aggregate_train(server_round, replies)
+            replies = grid.send_and_receive(
+                messages=self.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            eval_metrics = self.aggregate_evaluate(server_round, replies)
+            failures = list(self.failures)
+            result.train_metrics_clientapp[server_round] = train_metrics
+            event = {
+                "event": "round",
+                "round": server_round,
+                "sampled": sampled,
+                "train_loss": self.train_loss,
+                "val_loss": float(eval_metrics["val-loss"]) if eval_metrics else None,
+                "failures": len(failures),
+                "failure_reasons": failures,
+                "seconds": time.perf_counter() - started,
+            }
+            # Checkpoint first: a round is logged only once it can be resumed from.
+            self.trainer.save(self.run.checkpoints, extra={"last_event": event})
+            self.run.log_event(event)
+            if self.on_round is not None:
+                self.on_round(event)
+        return self.trainer.theta

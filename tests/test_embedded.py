@@ -1,0 +1,198 @@
+"""The embedded backbone's recipe, maths and build (fedpkt.model.embedded), on the tiny recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+
+from fedpkt.cache import CACHE_ENV
+from fedpkt.errors import FedpktError
+from fedpkt.model.backbone import directory_fingerprint
+from fedpkt.model.embedded import (
+    EOS_TOKEN,
+    RECIPES,
+    encode_texts,
+    ensure_embedded,
+    get_recipe,
+    lr_at,
+    model_perplexity,
+    pack_stream,
+    read_build_info,
+    recipe_fingerprint,
+    sample_windows,
+    train_tokenizer,
+    unigram_perplexity,
+)
+
+TEXTS = [
+    "A: hi! do you have pets?\nB: i have a dog. and you?",
+    "A: what do you do for fun?\nB: i love hiking on weekends.",
+] * 20
+
+
+def _build_in(cache: Path) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(cache))
+        return ensure_embedded("tiny", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return _build_in(tmp_path_factory.mktemp("cache-a"))
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def test_recipe_fingerprint_is_stable_and_tracks_every_field():
+    tiny = RECIPES["tiny"]
+    assert recipe_fingerprint(tiny) == recipe_fingerprint(dataclasses.replace(tiny))
+    assert recipe_fingerprint(tiny) != recipe_fingerprint(dataclasses.replace(tiny, steps=151))
+    assert len(recipe_fingerprint(tiny)) == 16
+
+
+def test_unknown_size_is_a_one_line_error_listing_the_sizes():
+    with pytest.raises(FedpktError, match=r"'huge' is unknown; expected one of \['default', 'tiny'\]"):
+        get_recipe("huge")
+
+
+def test_lr_warms_up_linearly_then_decays_to_the_floor():
+    """tiny: lr 1e-2, 10 warmup steps, 150 steps, floor 0.1.
+
+    step 0 -> 1e-2 * 1/10 = 1e-3; step 9 -> 1e-2; step 10 (cosine start) -> 1e-2;
+    step 149 (cosine end) -> 1e-2 * 0.1 = 1e-3; halfway (step 79.5) would be 5.5e-3.
+    """
+    tiny = RECIPES["tiny"]
+    assert lr_at(0, tiny) == pytest.approx(1e-3)
+    assert lr_at(9, tiny) == pytest.approx(1e-2)
+    assert lr_at(10, tiny) == pytest.approx(1e-2)
+    assert lr_at(149, tiny) == pytest.approx(1e-3)
+    assert lr_at(79, tiny) > 5.5e-3 > lr_at(80, tiny)
+
+
+# ------------------------------------------------------------------------ perplexities
+
+
+def test_unigram_perplexity_matches_the_hand_computed_value():
+    """train [0, 0, 1], V=2: p(0) = 3/5, p(1) = 2/5; targets [0, 1]:
+    exp(-(ln 0.6 + ln 0.4) / 2) = 1 / sqrt(0.24) = 2.0412."""
+    ppl = unigram_perplexity(torch.tensor([0, 0, 1]), torch.tensor([0, 1]), vocab_size=2)
+    assert ppl == pytest.approx(1 / math.sqrt(0.24))
+
+
+def test_unigram_perplexity_without_counts_is_the_vocabulary_size():
+    """No training tokens: add-one smoothing gives p = 1/V everywhere, so perplexity = V."""
+    ppl = unigram_perplexity(torch.tensor([], dtype=torch.long), torch.tensor([0, 3, 2]), 4)
+    assert ppl == pytest.approx(4.0)
+
+
+class _UniformLM(torch.nn.Module):
+    """A causal LM whose logits are all zero: every next token has probability 1/V."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + 0 * self.anchor
+        return type("Out", (), {"logits": logits})()
+
+
+def test_model_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    """Padding must not count: sequences of 5 and 2 tokens give 4 + 1 predictions, each 1/7."""
+    ppl = model_perplexity(_UniformLM(7), [[1, 2, 3, 4, 5], [6, 1]], batch_size=2)
+    assert ppl == pytest.approx(7.0)
+
+
+# ----------------------------------------------------------------- tokenizer and batches
+
+
+def test_tokenizer_round_trips_text_and_uses_eos_as_pad():
+    tok = train_tokenizer(TEXTS, vocab_size=300, model_max_length=64)
+    text = "A: hi!\nB: i have a dog 🐕."  # the emoji was never seen: byte-level still encodes it
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.eos_token == tok.pad_token == EOS_TOKEN
+    assert tok.eos_token_id == 0
+    assert len(tok) == 300
+
+
+def test_encode_texts_appends_eos_to_every_text():
+    tok = train_tokenizer(TEXTS, vocab_size=300, model_max_length=64)
+    encoded = encode_texts(tok, ["B: hi", "A: yo"])
+    assert [seq[-1] for seq in encoded] == [tok.eos_token_id] * 2
+    assert encoded[0][:-1] == tok("B: hi")["input_ids"]
+
+
+def test_pack_stream_marks_turn_starts_after_newline_and_eos():
+    """Boundary ids {9 (newline), 0 (EOS)}: stream 5 9 6 0 7 0 -> turns start at 0, 2 and 4."""
+    stream, starts = pack_stream([[5, 9, 6, 0], [7, 0]], boundary_ids=[9, 0])
+    assert stream.tolist() == [5, 9, 6, 0, 7, 0]
+    assert starts.tolist() == [0, 2, 4]
+
+
+def test_sample_windows_start_at_turns_and_fit_the_stream():
+    stream, starts = pack_stream([[5, 9, 6, 0], [7, 9, 8, 0]], boundary_ids=[9, 0])
+    windows = sample_windows(stream, starts, 32, 3, torch.Generator().manual_seed(0))
+    assert windows.shape == (32, 4)
+    # Starts that leave 4 tokens: 0, 2, 4 (stream has 8) -> first tokens are 5, 6 or 7.
+    assert set(windows[:, 0].tolist()) <= {5, 6, 7}
+
+
+def test_sample_windows_refuses_a_stream_shorter_than_a_window():
+    stream, starts = pack_stream([[5, 0]], boundary_ids=[0])
+    with pytest.raises(FedpktError, match="expected more than seq_len"):
+        sample_windows(stream, starts, 2, 8, torch.Generator())
+
+
+# ------------------------------------------------------------------------------ build
+
+
+def test_tiny_build_is_deterministic_across_cache_dirs(tiny_dir, tmp_path):
+    other = _build_in(tmp_path / "cache-b")
+    assert other != tiny_dir
+    assert directory_fingerprint(other) == directory_fingerprint(tiny_dir)
+    first, second = load_file(tiny_dir / "model.safetensors"), load_file(other / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert (tiny_dir / "tokenizer.json").read_bytes() == (other / "tokenizer.json").read_bytes()
+
+
+def test_second_request_reuses_the_cached_build(tiny_dir):
+    """No rebuild: the same folder (inode) and untouched weight file come back."""
+    before = (os.stat(tiny_dir).st_ino, os.stat(tiny_dir / "model.safetensors").st_mtime_ns)
+    again = _build_in(tiny_dir.parent.parent)
+    assert again == tiny_dir
+    assert (os.stat(again).st_ino, os.stat(again / "model.safetensors").st_mtime_ns) == before
+
+
+def test_cache_folder_is_named_by_size_and_recipe_fingerprint(tiny_dir):
+    assert tiny_dir.name == f"embedded-tiny-{recipe_fingerprint(RECIPES['tiny'])}"
+    assert tiny_dir.parent.name == "backbones"
+
+
+def test_built_directory_loads_with_the_auto_classes(tiny_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tiny = RECIPES["tiny"]
+    assert isinstance(model, GPT2LMHeadModel)
+    assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == (2, 32, 2)
+    assert type(tok).__name__ == "GPT2Tokenizer" and tok.is_fast
+    assert tok.eos_token == tok.pad_token == EOS_TOKEN
+    assert len(tok) == model.config.vocab_size == tiny.vocab_size
+    assert model.config.eos_token_id == model.config.pad_token_id == tok.eos_token_id
+
+
+def test_tiny_build_beats_the_unigram_baseline_by_far(tiny_dir):
+    """Recorded at build time on 40 held-out general dialogues: context must help a lot."""
+    record = read_build_info(tiny_dir)
+    assert record is not None
+    assert record["valid_perplexity"] < 0.5 * record["unigram_perplexity"]
+    assert record["recipe"] == dataclasses.asdict(RECIPES["tiny"])

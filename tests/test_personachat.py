@@ -1,0 +1,183 @@
+"""Real PERSONA-CHAT loaders on fixture files the tests write (fedpkt.data.personachat)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedpkt.data.personachat import load_parlai, load_personachat, load_personachat_hf
+from fedpkt.errors import FedpktError
+
+# Two episodes of one persona (sentence order and spacing differ) and one of another; the
+# first line of episode 3 starts with __SILENCE__ (the persona speaks first).
+SELF_ORIGINAL = (
+    "1 your persona: i like to ski.\n"
+    "2 your persona: i have a dog .\n"
+    "3 hi , how are you ?\ti am great , just back from skiing .\t\t"
+    "no|i am great , just back from skiing .\n"
+    "4 cool ! do you have pets ?\tyes , a dog .\t\tyes , a dog .|no\n"
+    "1 your persona: i have a dog.\n"
+    "2 your persona: I like to ski.\n"
+    "3 hello !\they there .\t\ta|hey there .\n"
+    "1 your persona: i am a chef.\n"
+    "2 __SILENCE__\ti cook pasta all day .\t\tx|i cook pasta all day .\n"
+    "3 sounds tasty .\tit is !\n"
+)
+SELF_REVISED = "1 your persona: skiing is my passion.\n2 hi\thello\n"
+BOTH_ORIGINAL = "1 your persona: i like to ski.\n2 partner's persona: i am a chef.\n3 hi\thello\n"
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_parlai_groups_episodes_by_normalised_persona(tmp_path):
+    corpus = load_parlai(_write(tmp_path, "train_self_original.txt", SELF_ORIGINAL))
+    assert len(corpus.dialogues) == 3
+    assert len(corpus.personas) == 2
+    first, second, third = corpus.dialogues
+    assert first.persona_id == second.persona_id != third.persona_id
+    assert corpus.personas[first.persona_id].sentences == ["i like to ski.", "i have a dog ."]
+
+
+def test_parlai_turns_alternate_partner_then_persona(tmp_path):
+    corpus = load_parlai(_write(tmp_path, "train_self_original.txt", SELF_ORIGINAL))
+    turns = corpus.dialogues[0].turns
+    assert [(u.speaker, u.text) for u in turns] == [
+        ("partner", "hi , how are you ?"),
+        ("persona", "i am great , just back from skiing ."),
+        ("partner", "cool ! do you have pets ?"),
+        ("persona", "yes , a dog ."),
+    ]
+
+
+def test_parlai_silence_means_the_persona_opens(tmp_path):
+    corpus = load_parlai(_write(tmp_path, "train_self_original.txt", SELF_ORIGINAL))
+    speakers = [u.speaker for u in corpus.dialogues[2].turns]
+    assert speakers == ["persona", "partner", "persona"]
+
+
+def test_parlai_directory_reads_only_the_chosen_variant(tmp_path):
+    _write(tmp_path, "train_self_original.txt", SELF_ORIGINAL)
+    _write(tmp_path, "valid_self_revised.txt", SELF_REVISED)
+    assert len(load_parlai(tmp_path).dialogues) == 3
+    revised = load_parlai(tmp_path, variant="self_revised")
+    assert [p.sentences for p in revised.personas.values()] == [["skiing is my passion."]]
+
+
+def test_parlai_both_files_skip_the_partner_persona(tmp_path):
+    corpus = load_parlai(_write(tmp_path, "train_both_original.txt", BOTH_ORIGINAL))
+    assert [p.sentences for p in corpus.personas.values()] == [["i like to ski."]]
+
+
+def test_parlai_malformed_line_is_a_one_line_error_naming_the_line(tmp_path):
+    bad = _write(tmp_path, "x_self_original.txt", "1 your persona: i ski.\n2 hi there no tab\n")
+    with pytest.raises(FedpktError, match=r"line 2: expected 'partner text<TAB>persona reply'"):
+        load_parlai(bad)
+    unnumbered = _write(tmp_path, "y_self_original.txt", "your persona: i ski.\n")
+    with pytest.raises(FedpktError, match="line 1"):
+        load_parlai(unnumbered)
+
+
+def test_parlai_episode_without_persona_lines_is_an_error(tmp_path):
+    with pytest.raises(FedpktError, match="no 'your persona:' lines"):
+        load_parlai(_write(tmp_path, "z.txt", "1 hi\thello\n"))
+
+
+def test_missing_path_is_a_one_line_error(tmp_path):
+    with pytest.raises(FedpktError, match="does not exist"):
+        load_personachat(str(tmp_path / "missing.txt"))
+
+
+# bavard/personachat_truecased rows: one per persona reply, gold reply last in candidates.
+HF_ROWS = [
+    {
+        "personality": ["I like to ski."],
+        "candidates": ["no", "Hi!"],
+        "history": ["Hello."],
+        "conv_id": 0,
+        "utterance_idx": 0,
+    },
+    {
+        "personality": ["I like to ski."],
+        "candidates": ["no", "Yes, daily."],
+        "history": ["Hello.", "Hi!", "Do you ski?"],
+        "conv_id": 0,
+        "utterance_idx": 1,
+    },
+    {
+        "personality": ["i like to ski"],
+        "candidates": ["Fine."],
+        "history": ["__ SILENCE __"],
+        "conv_id": 1,
+        "utterance_idx": 0,
+    },
+    {
+        "personality": ["I am a chef."],
+        "candidates": ["x", "Pasta."],
+        "history": ["What do you cook?"],
+        "conv_id": 2,
+        "utterance_idx": 0,
+    },
+]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_hf_rows_rebuild_whole_dialogues_from_the_last_utterance(tmp_path):
+    data = _write_jsonl(tmp_path / "train.jsonl", HF_ROWS)
+    corpus = load_personachat_hf("json", data_files=str(data), cache_dir=str(tmp_path / "c"))
+    assert [d.dialogue_id for d in corpus.dialogues] == ["train-0", "train-1", "train-2"]
+    assert [(u.speaker, u.text) for u in corpus.dialogues[0].turns] == [
+        ("partner", "Hello."),
+        ("persona", "Hi!"),
+        ("partner", "Do you ski?"),
+        ("persona", "Yes, daily."),
+    ]
+    assert [u.speaker for u in corpus.dialogues[1].turns] == ["persona"]  # silence dropped
+
+
+def test_hf_personas_are_grouped_like_parlai(tmp_path):
+    data = _write_jsonl(tmp_path / "train.jsonl", HF_ROWS)
+    corpus = load_personachat(str(data), cache_dir=str(tmp_path / "c"))  # routed by suffix
+    ids = [d.persona_id for d in corpus.dialogues]
+    assert ids[0] == ids[1] != ids[2] and len(corpus.personas) == 2
+
+
+def test_hf_dataset_directory_saved_to_disk_loads_through_the_same_rows(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(HF_ROWS)}).save_to_disk(
+        str(tmp_path / "pc")
+    )
+    corpus = load_personachat(str(tmp_path / "pc"))
+    assert [d.dialogue_id for d in corpus.dialogues] == [
+        "validation-0",
+        "validation-1",
+        "validation-2",
+    ]
+
+
+def test_hf_rows_missing_a_field_are_a_one_line_error(tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "candidates"} for row in HF_ROWS]
+    data = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(FedpktError, match="lacks field"):
+        load_personachat_hf("json", data_files=str(data), cache_dir=str(tmp_path / "c"))
+
+
+def test_unreachable_hub_id_is_a_one_line_error(tmp_path, monkeypatch):
+    """Offline mode stands in for a machine without the hub (no network wait in the test)."""
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FedpktError, match="cannot load Hugging Face dataset 'nobody/none'") as err:
+        load_personachat("nobody/none", cache_dir=str(tmp_path / "c"))
+    assert "\n" not in str(err.value)
