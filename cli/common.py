@@ -13,13 +13,17 @@ from rich.console import Console
 from fedpkt.config import FedpktConfig, load_config
 from fedpkt.errors import FedpktError
 
+DEFAULT_PRESET = "embedded"
 console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = typer.Option(
-    None, "--config", "-c", help="TOML config file, or a preset name in configs/ (embedded, paper)."
+    None,
+    "--config",
+    "-c",
+    help="TOML config file, or a preset name in configs/ (embedded, paper); default: embedded.",
 )
 SetOption = typer.Option(
     None, "--set", "-s", help="Override one key: section.key=value (repeatable)."
@@ -43,6 +47,9 @@ def exits_cleanly(func: F) -> F:
 def resolve_config(
     config: Path | None, overrides: list[str] | None, flags: dict[str, Any] | None = None
 ) -> FedpktConfig:
-    """defaults < TOML file < ``--set`` overrides < dedicated flags (dotted keys; None = unset)."""
+    """preset/file < ``--set`` overrides < dedicated flags (dotted keys; None = unset).
+
+    Without ``--config`` the embedded preset applies: the default run is the embedded one.
+    """
     values = {key: value for key, value in (flags or {}).items() if value is not None}
-    return load_config(config, overrides, values)
+    return load_config(config or DEFAULT_PRESET, overrides, values)

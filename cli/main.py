@@ -5,6 +5,10 @@ from __future__ import annotations
 import typer
 
 from cli import backbone_cmd, config_cmd, data_cmd, simulate_cmd
+from cli.audit_cmd import audit_command
+from cli.baselines_cmd import baselines_command
+from cli.compare_cmd import compare_command
+from cli.launch_cmd import launch_command
 
 app = typer.Typer(
     name="fedpkt",
@@ -16,6 +20,10 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(backbone_cmd.app, name="backbone")
 app.command("simulate")(simulate_cmd.simulate_command)
 app.add_typer(data_cmd.app, name="data")
+app.command("launch")(launch_command)
+app.command("audit")(audit_command)
+app.command("baselines")(baselines_command)
+app.command("compare")(compare_command)
 
 
 def main() -> None:

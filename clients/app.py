@@ -206,13 +206,14 @@ def make_client_app(
             batch_size=int(config["batch-size"]),
             seed=request.seed,
         )
+        metrics: dict[str, float | int] = {
+            "num-examples": result.num_examples,
+            "train-loss": result.loss,
+        }
+        if result.epsilon is not None:
+            metrics["epsilon"] = float(result.epsilon)
         content = RecordDict(
-            {
-                "arrays": _array_record(result.arrays),
-                "metrics": MetricRecord(
-                    {"num-examples": result.num_examples, "train-loss": result.loss}
-                ),
-            }
+            {"arrays": _array_record(result.arrays), "metrics": MetricRecord(metrics)}
         )
         return Message(content, reply_to=msg)
 

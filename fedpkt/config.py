@@ -124,6 +124,12 @@ class Phase2Config(_Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     max_clients: int = Field(0, ge=0, description="Personalize at most this many B/C clients.")
+    finetune_lr: float = Field(
+        5e-5,
+        gt=0.0,
+        description="AdamW learning rate of the full fine-tuning baselines (whole model, so "
+        "far below the prefix lr); batch size, epochs and patience are shared with prefixes.",
+    )
 
 
 class GenerationConfig(_Section):

@@ -26,6 +26,7 @@ from fedpkt.eval.scoring import score_responses
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.generate import generate_replies
 from fedpkt.model.prefix import PersonaPrefix, load_prefix_arrays, prefix_arrays, prefix_shape_for
+from fedpkt.train.dp import dp_inner_steps, train_prefix_dp
 from fedpkt.train.inner_loop import sgd_inner_steps
 from fedpkt.train.loop import evaluate_loss
 from fedpkt.train.prefix_training import train_prefix
@@ -35,11 +36,13 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass
 class StepResult:
-    """A phase-1 client reply: W_i, n_i, and the mean inner-loop loss."""
+    """A phase-1 client reply: W_i, n_i, the mean inner-loop loss, and (under DP-SGD) the ε
+    of these k steps (None without DP)."""
 
     arrays: Arrays
     num_examples: int
     loss: float
+    epsilon: float | None = None
 
 
 @dataclass
@@ -83,7 +86,7 @@ class LocalClient:
 
     @property
     def client_id(self) -> str:
-        return self.data.persona.persona_id if not self.data.meta else self.data.meta["client_id"]
+        return str(self.data.meta["client_id"])
 
     @property
     def num_train_examples(self) -> int:
@@ -102,6 +105,24 @@ class LocalClient:
     ) -> StepResult:
         """W_i = SGD(L_i, θ, α, k): k plain SGD steps from θ on this client's training data."""
         prefix = self.prefix_from(theta, seed)
+        if self.cfg.dp.enabled:  # σ calibrated for a client picked in every round: rounds · k
+            private = dp_inner_steps(
+                self.backbone,
+                prefix,
+                self.encoded["train"],
+                self.cfg.dp,
+                lr=lr,
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                planned_steps=steps * max(self.cfg.phase1.rounds, 1),
+            )
+            return StepResult(
+                prefix_arrays(prefix),
+                self.num_train_examples,
+                float(private.result.mean_loss),
+                epsilon=private.epsilon,
+            )
         result = sgd_inner_steps(
             self.backbone,
             prefix,
@@ -141,20 +162,38 @@ class LocalClient:
         test = self.encoded["test"]
         model = self.backbone.model
         init_test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
-        trained = train_prefix(
-            self.backbone,
-            prefix,
-            self.encoded["train"],
-            self.encoded["valid"],
-            lr=phase2.lr,
-            batch_size=phase2.batch_size,
-            max_epochs=phase2.max_epochs,
-            patience=phase2.patience,
-            warmup_ratio=phase2.warmup_ratio,
-            weight_decay=phase2.weight_decay,
-            max_grad_norm=phase2.max_grad_norm,
-            seed=seed,
-        )
+        epsilon: float | None = None
+        if self.cfg.dp.enabled:
+            private = train_prefix_dp(
+                self.backbone,
+                prefix,
+                self.encoded["train"],
+                self.encoded["valid"],
+                self.cfg.dp,
+                lr=phase2.lr,
+                batch_size=phase2.batch_size,
+                max_epochs=phase2.max_epochs,
+                patience=phase2.patience,
+                warmup_ratio=phase2.warmup_ratio,
+                weight_decay=phase2.weight_decay,
+                seed=seed,
+            )
+            trained, epsilon = private.result, private.epsilon
+        else:
+            trained = train_prefix(
+                self.backbone,
+                prefix,
+                self.encoded["train"],
+                self.encoded["valid"],
+                lr=phase2.lr,
+                batch_size=phase2.batch_size,
+                max_epochs=phase2.max_epochs,
+                patience=phase2.patience,
+                warmup_ratio=phase2.warmup_ratio,
+                weight_decay=phase2.weight_decay,
+                max_grad_norm=phase2.max_grad_norm,
+                seed=seed,
+            )
         test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
         folded = prefix.fold()
         generated = self.generate(folded, self.examples["test"], generation)
@@ -173,6 +212,8 @@ class LocalClient:
             "best_epoch": float(trained.best_epoch),
             "seconds": time.perf_counter() - started,
         }
+        if epsilon is not None:
+            metrics["epsilon"] = epsilon
         return PersonalizeResult(metrics=metrics, folded=folded, generated=generated)
 
     def generate(

@@ -104,6 +104,8 @@ def ensure_partitions(cfg: FedpktConfig, run: RunDir) -> Path:
         seed=cfg.seed,
         canaries=cfg.data.canaries,
         few_shot_threshold=cfg.data.few_shot_threshold,
+        # Synthetic scales fix their Part B size; real PERSONA-CHAT uses the configured share.
+        part_b=cfg.data.part_b_fraction if cfg.data.source == "personachat" else None,
         out=root,
     )
     return root

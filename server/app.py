@@ -109,6 +109,14 @@ def handshake(grid: Grid, node_ids: list[int], timeout: float) -> ClientDirector
             directory.entries[str(cid)] = ClientEntry(
                 str(cid), reply.metadata.src_node_id, str(part), int(count)
             )
+    answered = {e.node_id for e in directory.entries.values()}
+    if len(answered) < len(node_ids):
+        log(
+            WARNING,
+            "handshake: %d of %d nodes did not answer",
+            len(node_ids) - len(answered),
+            len(node_ids),
+        )
     log(INFO, "handshake: %d clients on %d nodes", len(directory.entries), len(node_ids))
     return directory
 
@@ -218,7 +226,8 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
     started = time.perf_counter()
     ensure_partitions(cfg, run)
     nodes = wait_for_nodes(grid, settings.min_nodes, settings.node_wait_s)
-    directory = handshake(grid, nodes, cfg.phase1.client_timeout_s)
+    # The first message also starts each worker (imports, backbone load): allow the node wait.
+    directory = handshake(grid, nodes, settings.node_wait_s)
     if settings.phases in ("all", "source"):
         if not directory.part("A"):
             raise FedpktError("no Part A client answered the handshake; phase 1 needs some")

@@ -95,6 +95,7 @@ class SourcePrefixStrategy(Strategy):
         self._sent: dict[str, str] = {}  # message client ids of the current round
         self.failures: list[dict] = []
         self.train_loss = float("nan")
+        self.epsilons: dict[str, float] = {}  # DP-SGD: ε of each client's last participation
 
     def summary(self) -> None:
         log(
@@ -172,6 +173,8 @@ class SourcePrefixStrategy(Strategy):
                     loss=float(metrics["train-loss"]),
                 )
                 self.trainer.validate(update)
+                if "epsilon" in metrics:
+                    self.epsilons[cid] = float(metrics["epsilon"])
             except (FedpktError, KeyError, ValueError, TypeError) as err:
                 self._fail(server_round, cid, f"rejected reply: {err}")
                 continue
@@ -266,6 +269,7 @@ class SourcePrefixStrategy(Strategy):
                 "train_loss": self.train_loss,
                 "val_loss": float(eval_metrics["val-loss"]) if eval_metrics else None,
                 "failures": len(failures),
+                "epsilon_max": max(self.epsilons.values()) if self.epsilons else None,
                 "failure_reasons": failures,
                 "seconds": time.perf_counter() - started,
             }

@@ -215,7 +215,9 @@ def ensure_certificates(folder: str | Path, extra_names: Sequence[str] = ()) -> 
     return files
 
 
-def given_certificates(ca_cert: Path | None, server_cert: Path | None, server_key: Path | None) -> TlsFiles:
+def given_certificates(
+    ca_cert: Path | None, server_cert: Path | None, server_key: Path | None
+) -> TlsFiles:
     """User-supplied TLS files: all three must be given and be readable PEM files."""
     given = {"--ca-cert": ca_cert, "--server-cert": server_cert, "--server-key": server_key}
     missing = [flag for flag, path in given.items() if path is None]

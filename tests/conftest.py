@@ -32,6 +32,15 @@ def tiny_config(**values: Any) -> FedpktConfig:
     return load_config("embedded", values=merged)
 
 
+def cli_sets(values: dict[str, Any]) -> list[str]:
+    """The same values as repeated ``--set key=value`` CLI arguments (TOML literals)."""
+    args: list[str] = []
+    for key, value in values.items():
+        literal = f"'{value}'" if isinstance(value, str) else str(value).lower()
+        args += ["--set", f"{key}={literal}"]
+    return args
+
+
 @pytest.fixture
 def tiny_cfg() -> FedpktConfig:
     return tiny_config()

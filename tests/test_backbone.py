@@ -169,14 +169,14 @@ def test_missing_directory_is_a_one_line_error(tmp_path):
 
 def test_directory_without_config_json_is_refused(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(FedpktError, match="has no config.json") as err:
+    with pytest.raises(FedpktError, match=r"has no config\.json") as err:
         load_backbone(str(tmp_path), device="cpu")
     _one_line(err)
 
 
 def test_unreadable_config_json_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(FedpktError, match="unreadable config.json") as err:
+    with pytest.raises(FedpktError, match=r"unreadable config\.json") as err:
         load_backbone(str(tmp_path), device="cpu")
     _one_line(err)
 

@@ -100,7 +100,9 @@ def test_concurrent_processes_build_exactly_once(tmp_path):
     """Three processes ask at once; the lock makes two of them wait and reuse: 1 build line."""
     ctx = multiprocessing.get_context("spawn")
     target, log = tmp_path / "thing", tmp_path / "builds.log"
-    procs = [ctx.Process(target=_slow_counted_build, args=(str(target), str(log))) for _ in range(3)]
+    procs = [
+        ctx.Process(target=_slow_counted_build, args=(str(target), str(log))) for _ in range(3)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:

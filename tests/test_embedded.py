@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from fedpkt.cache import CACHE_ENV
+from fedpkt.data.schema import Dialogue, Utterance
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import directory_fingerprint
 from fedpkt.model.embedded import (
@@ -26,9 +27,11 @@ from fedpkt.model.embedded import (
     pack_stream,
     read_build_info,
     recipe_fingerprint,
+    reply_examples,
     sample_windows,
     train_tokenizer,
     unigram_perplexity,
+    window_positions,
 )
 
 TEXTS = [
@@ -59,7 +62,9 @@ def test_recipe_fingerprint_is_stable_and_tracks_every_field():
 
 
 def test_unknown_size_is_a_one_line_error_listing_the_sizes():
-    with pytest.raises(FedpktError, match=r"'huge' is unknown; expected one of \['default', 'tiny'\]"):
+    with pytest.raises(
+        FedpktError, match=r"'huge' is unknown; expected one of \['default', 'tiny'\]"
+    ):
         get_recipe("huge")
 
 
@@ -146,6 +151,39 @@ def test_sample_windows_start_at_turns_and_fit_the_stream():
     assert set(windows[:, 0].tolist()) <= {5, 6, 7}
 
 
+def test_window_positions_keep_half_the_rows_at_zero_and_shift_the_rest_within_context():
+    """batch 6, seq_len 3, context 5: rows 0-2 are [0, 1, 2]; rows 3-5 start at 0, 1 or 2."""
+    positions = window_positions(6, 3, 5, torch.Generator().manual_seed(0))
+    assert positions[:3].tolist() == [[0, 1, 2]] * 3
+    assert all(row[0] in (0, 1, 2) for row in positions[3:].tolist())
+    assert (positions[:, 1:] - positions[:, :-1] == 1).all()
+    assert int(positions.max()) <= 4
+
+
+def test_window_positions_refuse_a_window_longer_than_the_context():
+    with pytest.raises(FedpktError, match="exceeds n_positions"):
+        window_positions(2, 9, 8, torch.Generator())
+
+
+def test_reply_examples_use_the_prefix_training_layout():
+    """Turns: A: hi | B: hello | A: pets? | B: a dog; persona turns are 1 and 3.
+
+    With 2 turns of history: turn 1 -> "A: hi" + "\\nB:" + " hello";
+    turn 3 -> "B: hello\\nA: pets?" + "\\nB:" + " a dog". EOS is appended at encoding.
+    """
+    turns = [
+        Utterance("partner", "hi"),
+        Utterance("persona", "hello"),
+        Utterance("partner", "pets?"),
+        Utterance("persona", "a dog"),
+    ]
+    dialogue = Dialogue("d0", "g0", turns)
+    first, last = "A: hi\nB: hello", "B: hello\nA: pets?\nB: a dog"
+    one_each = reply_examples([dialogue] * 20, per_dialogue=1, history_turns=2, seed=0)
+    assert len(one_each) == 20 and set(one_each) == {first, last}
+    assert reply_examples([dialogue], per_dialogue=5, history_turns=2, seed=0) == [first, last]
+
+
 def test_sample_windows_refuses_a_stream_shorter_than_a_window():
     stream, starts = pack_stream([[5, 0]], boundary_ids=[0])
     with pytest.raises(FedpktError, match="expected more than seq_len"):
@@ -159,7 +197,10 @@ def test_tiny_build_is_deterministic_across_cache_dirs(tiny_dir, tmp_path):
     other = _build_in(tmp_path / "cache-b")
     assert other != tiny_dir
     assert directory_fingerprint(other) == directory_fingerprint(tiny_dir)
-    first, second = load_file(tiny_dir / "model.safetensors"), load_file(other / "model.safetensors")
+    first, second = (
+        load_file(tiny_dir / "model.safetensors"),
+        load_file(other / "model.safetensors"),
+    )
     assert first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
     assert (tiny_dir / "tokenizer.json").read_bytes() == (other / "tokenizer.json").read_bytes()

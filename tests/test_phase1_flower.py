@@ -19,7 +19,7 @@ from fedpkt.centralized import open_clients, train_source_centralized
 from fedpkt.model.backbone import load_backbone
 from fedpkt.rundir import RunDir
 from sim.simulate import simulate
-from tests.conftest import tiny_config
+from tests.conftest import TINY, cli_sets, tiny_config
 
 pytestmark = pytest.mark.e2e
 
@@ -56,18 +56,16 @@ def test_federated_equals_centralized_same_seeds(tmp_path: Path) -> None:
 
 def test_killed_run_resumes_to_the_same_prefix(tmp_path: Path) -> None:
     """Kill a real `fedpkt simulate` after round 2 of 4, resume, compare with an unbroken run."""
-    sets = ["--set", "backbone.embedded_size='tiny'", "--set", "data.scale='tiny'"]
-    sets += ["--set", "phase1.clients_per_round=3", "--set", "phase1.eval_clients=2"]
-    sets += ["--set", "prefix.num_virtual_tokens=4", "--set", "prefix.projection_hidden=32"]
     cfg = tiny_config(phase1__rounds=4, phase1__eval_clients=2)
     whole = simulate(cfg, tmp_path / "whole", phases="source")
 
     broken = tmp_path / "broken"
     cmd = [sys.executable, "-m", "cli.main", "simulate", "--phase", "source"]
-    cmd += ["--rounds", "4", "--run-dir", str(broken), *sets]
-    cmd += ["--set", "phase1.min_clients=1", "--set", "phase1.client_timeout_s=120.0"]
-    cmd += ["--set", "phase2.max_epochs=3", "--set", "generation.num_beams=2"]
-    cmd += ["--set", "generation.max_new_tokens=8"]
+    cmd += [
+        "--run-dir",
+        str(broken),
+        *cli_sets({**TINY, "phase1.rounds": 4, "phase1.eval_clients": 2}),
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (broken / "checkpoints" / "round-0002.json").is_file():

@@ -30,7 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from fedpkt.config import BackboneConfig
 from fedpkt.errors import FedpktError
-from fedpkt.model.embedded import ensure_embedded
+from fedpkt.model.embedded import ensure_embedded, quiet_hf_progress
 
 EMBEDDED = "embedded"
 DTYPES: dict[str, torch.dtype] = {
@@ -238,7 +238,8 @@ def _load_tokenizer(path: Path, name: str) -> PreTrainedTokenizerBase:
 def _load(path: Path, name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
     _check_causal_lm(path, name)
     tokenizer = _load_tokenizer(path, name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with quiet_hf_progress():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise FedpktError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +42,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer, PreTrainedT
 
 from fedpkt.atomic import atomic_write_json
 from fedpkt.cache import cache_path, materialize
-from fedpkt.data.encoding import render_dialogue
+from fedpkt.data import synthetic
+from fedpkt.data.encoding import render_dialogue, render_history, render_target
+from fedpkt.data.schema import Dialogue
+from fedpkt.data.synthetic import generate_general_dialogues
 from fedpkt.errors import FedpktError
 
 EMBEDDED_CODE_VERSION = 1
@@ -59,7 +63,9 @@ class EmbeddedRecipe:
     """Everything that determines the embedded backbone's bytes (hashed into its cache key).
 
     The corpus is ``generate_general_dialogues(train_dialogues, corpus_seed)`` for training and
-    ``generate_general_dialogues(valid_dialogues, valid_seed)`` held out for perplexity.
+    ``generate_general_dialogues(valid_dialogues, valid_seed)`` held out for perplexity. Besides
+    the whole dialogues, ``reply_examples`` persona replies per dialogue are added in the
+    prefix-training layout with ``history_turns`` turns of history (:func:`reply_examples`).
     Training samples ``batch_size`` windows of ``seq_len + 1`` tokens per step from the packed
     token stream, each starting at the beginning of a turn (as a prefix-training prompt does).
     ``threads`` fixes torch's intra-op thread count during the build: float reductions depend
@@ -75,6 +81,8 @@ class EmbeddedRecipe:
     dropout: float
     train_dialogues: int
     valid_dialogues: int
+    reply_examples: int
+    history_turns: int
     corpus_seed: int
     valid_seed: int
     steps: int
@@ -100,6 +108,8 @@ RECIPES: dict[str, EmbeddedRecipe] = {
         dropout=0.0,
         train_dialogues=200,
         valid_dialogues=40,
+        reply_examples=1,
+        history_turns=3,
         corpus_seed=1001,
         valid_seed=2002,
         steps=150,
@@ -112,7 +122,8 @@ RECIPES: dict[str, EmbeddedRecipe] = {
         seed=0,
         threads=1,
     ),
-    # The embedded run: measured to build well within 5 minutes on 2 shared CPU cores.
+    # The embedded run. One thread: under a shared CPU a 2-thread build spends its time in
+    # thread barriers (measured 5-8 s/step against 0.2 s/step single-threaded at load 5).
     "default": EmbeddedRecipe(
         size="default",
         vocab_size=2000,
@@ -123,17 +134,19 @@ RECIPES: dict[str, EmbeddedRecipe] = {
         dropout=0.0,
         train_dialogues=3000,
         valid_dialogues=200,
+        reply_examples=2,
+        history_turns=3,
         corpus_seed=1001,
         valid_seed=2002,
-        steps=1200,
-        batch_size=16,
+        steps=700,
+        batch_size=8,
         seq_len=128,
         lr=3e-3,
         min_lr_ratio=0.1,
-        warmup_steps=60,
+        warmup_steps=30,
         weight_decay=0.01,
         seed=0,
-        threads=2,
+        threads=1,
     ),
 }
 
@@ -191,8 +204,6 @@ def read_build_info(path: str | Path) -> dict[str, Any] | None:
 
 
 def _corpus_version() -> Any:
-    from fedpkt.data import synthetic
-
     return getattr(synthetic, "GENERATOR_VERSION", None)
 
 
@@ -201,9 +212,29 @@ def general_texts(num_dialogues: int, seed: int) -> list[str]:
 
     General personas are disjoint from Parts A/B/C, so pretraining never sees a client's text.
     """
-    from fedpkt.data.synthetic import generate_general_dialogues
-
     return [render_dialogue(d) for d in generate_general_dialogues(num_dialogues, seed)]
+
+
+def reply_examples(
+    dialogues: Sequence[Dialogue], per_dialogue: int, history_turns: int, seed: int
+) -> list[str]:
+    """Texts in the exact prefix-training layout: ``render_history(window) + render_target(reply)``.
+
+    A whole dialogue has EOS only after its last turn, so from dialogues alone the backbone
+    would never learn that a persona reply may end the sequence; prefix training (target +
+    EOS) and beam search both rely on it. ``per_dialogue`` persona turns per dialogue are drawn
+    (seeded), each with the ``history_turns`` utterances before it, as
+    ``fedpkt.data`` builds examples. E.g. turns [A: hi, B: hello, A: pets?, B: a dog] with
+    history 3 and the last turn drawn -> "B: hello\nA: pets?\nB: a dog" (EOS added later).
+    """
+    rng = random.Random(f"fedpkt-embedded-examples|{seed}")
+    texts: list[str] = []
+    for dialogue in dialogues:
+        replies = [k for k, turn in enumerate(dialogue.turns) if turn.speaker == "persona"]
+        for k in sorted(rng.sample(replies, min(per_dialogue, len(replies)))):
+            history = dialogue.turns[max(0, k - history_turns) : k]
+            texts.append(render_history(history) + render_target(dialogue.turns[k].text))
+    return texts
 
 
 # ------------------------------------------------------------------------------- tokenizer
@@ -241,7 +272,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, model_max_length: int
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text followed by EOS (the end of a dialogue is something to learn)."""
     ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-    return [seq + [tokenizer.eos_token_id] for seq in ids]
+    return [[*seq, tokenizer.eos_token_id] for seq in ids]
 
 
 # ------------------------------------------------------------------------ training batches
@@ -280,6 +311,24 @@ def sample_windows(
     pick = usable[torch.randint(usable.numel(), (batch_size,), generator=generator)]
     offsets = pick[:, None] + torch.arange(seq_len + 1)[None, :]
     return stream[offsets]
+
+
+def window_positions(
+    batch_size: int, seq_len: int, n_positions: int, generator: torch.Generator
+) -> torch.Tensor:
+    """(batch_size, seq_len) position ids: the first half of the rows at 0, the rest shifted.
+
+    Windows are shorter than the context (cheaper steps), so without a shift the position
+    embeddings past ``seq_len`` would stay random. Later a prefix of m virtual tokens puts the
+    prompt at positions m, m+1, ...; shifted rows (offset uniform in [0, n_positions -
+    seq_len]) train every position and that case, unshifted rows a prompt with no prefix.
+    E.g. batch 2, seq_len 3, n_positions 5: row 0 is [0, 1, 2]; row 1 is [k, k+1, k+2], k <= 2.
+    """
+    if seq_len > n_positions:
+        raise FedpktError(f"seq_len={seq_len} exceeds n_positions={n_positions}; expected <=")
+    offsets = torch.randint(n_positions - seq_len + 1, (batch_size,), generator=generator)
+    offsets[: batch_size // 2] = 0
+    return offsets[:, None] + torch.arange(seq_len)[None, :]
 
 
 def lr_at(step: int, recipe: EmbeddedRecipe) -> float:
@@ -432,8 +481,9 @@ def train_model(
 ) -> tuple[GPT2LMHeadModel, float]:
     """Pretrain a fresh GPT-2 on the packed stream; returns (model in eval mode, last loss).
 
-    Deterministic for a given recipe and thread count: the init and the batch sampler are
-    seeded from ``recipe.seed``; AdamW with warmup + cosine (:func:`lr_at`), clip 1.0.
+    Deterministic for a given recipe (which pins the thread count): the init, the windows and
+    their position shifts are seeded from ``recipe.seed``; AdamW with warmup + cosine
+    (:func:`lr_at`), gradient clipping at 1.0.
     """
     torch.manual_seed(recipe.seed)
     model = GPT2LMHeadModel(_model_config(recipe, tokenizer))
@@ -458,8 +508,12 @@ def train_model(
             group["lr"] = lr_at(step, recipe)
         window = sample_windows(stream, starts, recipe.batch_size, recipe.seq_len, generator)
         inputs = window[:, :-1]
+        positions = window_positions(
+            recipe.batch_size, recipe.seq_len, recipe.n_positions, generator
+        )
         # An all-ones mask: EOS doubles as pad, so HF would otherwise warn of unmasked padding.
-        logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits
+        mask = torch.ones_like(inputs)
+        logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions).logits
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1)
         )
@@ -487,8 +541,8 @@ def _pinned_threads(threads: int) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_saving() -> Iterator[None]:
-    """Hide transformers' tqdm bar while saving (our rich display already reports progress)."""
+def quiet_hf_progress() -> Iterator[None]:
+    """Hide transformers' tqdm bars (saving/loading weights): fedpkt reports progress itself."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -513,13 +567,17 @@ def build_embedded(recipe: EmbeddedRecipe, out_dir: str | Path, *, progress: boo
     started = time.perf_counter()
     with _pinned_threads(recipe.threads), _progress(progress) as bar:
         corpus = bar.add_task("general corpus", total=2, note="")
-        train_texts = general_texts(recipe.train_dialogues, recipe.corpus_seed)
+        dialogues = generate_general_dialogues(recipe.train_dialogues, recipe.corpus_seed)
+        train_texts = [render_dialogue(d) for d in dialogues]
+        examples = reply_examples(
+            dialogues, recipe.reply_examples, recipe.history_turns, recipe.corpus_seed
+        )
         bar.advance(corpus)
         valid_texts = general_texts(recipe.valid_dialogues, recipe.valid_seed)
-        bar.advance(corpus)
+        bar.update(corpus, advance=1, note=f"{len(dialogues)} dialogues, {len(examples)} replies")
         tok_task = bar.add_task("tokenizer", total=1, note="")
         tokenizer = train_tokenizer(train_texts, recipe.vocab_size, recipe.n_positions)
-        train_sequences = encode_texts(tokenizer, train_texts)
+        train_sequences = encode_texts(tokenizer, train_texts + examples)
         bar.update(tok_task, advance=1, note=f"vocab {len(tokenizer)}")
         model, final_loss = train_model(recipe, tokenizer, train_sequences, bar)
         eval_task = bar.add_task("held-out perplexity", total=1, note="")
@@ -527,7 +585,7 @@ def build_embedded(recipe: EmbeddedRecipe, out_dir: str | Path, *, progress: boo
             model, tokenizer, recipe, train_texts=train_texts, valid_texts=valid_texts
         )
         bar.update(eval_task, advance=1, note=f"{report.valid_perplexity:.2f}")
-    with _quiet_saving():
+    with quiet_hf_progress():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     record = {

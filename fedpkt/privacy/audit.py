@@ -36,7 +36,7 @@ questions separately.
      a hit is a ``canary`` finding.
 
 The byte search is one numpy pass per byte alignment: each pattern is keyed by 8 of its bytes,
-a 2^24-entry bit table rejects almost every position, and the rare survivors are compared in
+a 2^22-entry table rejects almost every position, and the rare survivors are compared in
 full. Auditing the embedded run takes seconds.
 
 Out of reach by design: values hidden in float mantissas or spread over many metric keys
@@ -68,7 +68,7 @@ import numpy as np
 
 from fedpkt.atomic import atomic_write_json, atomic_write_text
 from fedpkt.config import FedpktConfig
-from fedpkt.data.encoding import encode_examples, render_dialogue
+from fedpkt.data.encoding import render_dialogue, render_history, render_target
 from fedpkt.data.examples import examples_from_dialogues
 from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.data.schema import ClientData
@@ -89,6 +89,8 @@ constant arrays, so it is not searched for."""
 EXCERPT_CHARS = 80
 
 PHASE1_TRAIN_METRICS = frozenset({"num-examples", "train-loss"})
+DP_METRICS = frozenset({"epsilon"})
+"""Optional in a phase-1 train reply: the client's privacy budget spent so far (DP-SGD)."""
 PHASE1_EVAL_METRICS = frozenset({"num-examples", "val-loss"})
 PHASE2_METRICS = frozenset(
     {
@@ -116,7 +118,9 @@ FindingKind = Literal["contract", "text", "token-ids", "canary"]
 SourceKind = Literal["dialogue", "persona", "canary"]
 _PRIORITY = {"dialogue": 0, "persona": 1, "canary": 2}
 _WORD = re.compile(r"\w+")
-_ASCII_RUN = re.compile(rb"[\t\n\r\x20-\x7e]{%d,}" % MIN_SENTENCE_CHARS)
+_PRINTABLE = np.zeros(256, dtype=bool)
+_PRINTABLE[0x20:0x7F] = True
+_PRINTABLE[[0x09, 0x0A, 0x0D]] = True
 _DIGITS = re.compile(r"\d+")
 
 
@@ -427,39 +431,54 @@ def _is_number(value: Any) -> bool:
 def _npy_header(blob: bytes) -> tuple[str, tuple[int, ...], int] | None:
     """(dtype, shape, header length) of a numpy ``.npy`` blob, or None if it is not one."""
     stream = io.BytesIO(blob)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
     try:
-        version = np.lib.format.read_magic(stream)
-        shape, fortran, dtype = np.lib.format._read_array_header(stream, version)  # type: ignore[attr-defined]
+        reader = readers.get(np.lib.format.read_magic(stream))
+        if reader is None:
+            return None
+        shape, fortran, dtype = reader(stream)
     except (ValueError, OSError, SyntaxError):
         return None
     if fortran:
         return None
-    return str(dtype.str if dtype.byteorder == ">" else dtype.name), tuple(shape), stream.tell()
+    return str(dtype), tuple(int(d) for d in shape), stream.tell()
 
 
 def _check_keys(
-    entry: EgressEntry, records: list[dict[str, Any]], allowed: frozenset[str], exact: bool
+    entry: EgressEntry,
+    records: list[dict[str, Any]],
+    required: frozenset[str],
+    optional: frozenset[str] = frozenset(),
 ) -> list[Finding]:
+    """Keys outside ``required | optional``, and missing required keys, as findings."""
+    allowed = required | optional
     found = [r["key"] for r in records]
+    name = records[0]["record"] if records else None
     out = [
-        entry.finding("contract", f"key '{key}' is not allowed here (allowed: {sorted(allowed)})",
-                      record=records[0]["record"], key=key)
+        entry.finding(
+            "contract",
+            f"key '{key}' is not allowed here (allowed: {sorted(allowed)})",
+            record=name,
+            key=key,
+        )
         for key in found
         if key not in allowed
     ]
-    if exact:
-        for key in sorted(allowed - set(found)):
-            out.append(
-                entry.finding("contract", f"required key '{key}' is missing",
-                              record=records[0]["record"] if records else None, key=key)
-            )
+    for key in sorted(required - set(found)):
+        out.append(
+            entry.finding("contract", f"required key '{key}' is missing", record=name, key=key)
+        )
     return out
 
 
 def _only_records(
-    entry: EgressEntry, allowed: dict[tuple[str, str], frozenset[str] | None]
+    entry: EgressEntry, allowed: set[tuple[str, str]]
 ) -> tuple[list[Finding], dict[tuple[str, str], list[dict[str, Any]]]]:
-    """Group records by (kind, name); every group not in ``allowed`` is a finding."""
+    """Group records by (kind, name); a group not in ``allowed``, or an allowed one missing
+    from a reply that is not an error, is a finding."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in entry.records:
         groups.setdefault((record["kind"], str(record["record"])), []).append(record)
@@ -476,7 +495,7 @@ def _only_records(
                     key=str(records[0]["key"]),
                 )
             )
-    for (kind, name), keys in allowed.items():
+    for kind, name in sorted(allowed):
         if (kind, name) not in groups and not entry.error:
             findings.append(
                 entry.finding("contract", f"{kind} record '{name}' is missing", record=name)
@@ -487,7 +506,7 @@ def _only_records(
 def _check_arrays(
     entry: EgressEntry, records: list[dict[str, Any]], payload: bytes, spec: ContractSpec
 ) -> list[Finding]:
-    out = _check_keys(entry, records, frozenset(spec.arrays), exact=True)
+    out = _check_keys(entry, records, frozenset(spec.arrays))
     for record in records:
         expected = spec.arrays.get(record["key"])
         if expected is None:
@@ -507,8 +526,10 @@ def _check_arrays(
         start, size = int(record["offset"]), int(record["bytes"])
         header = _npy_header(payload[start : start + size])
         data_bytes = int(np.prod(expected.shape)) * np.dtype(expected.dtype).itemsize
-        if header is None or header[:2] != (expected.dtype, expected.shape) or (
-            size != header[2] + data_bytes
+        if (
+            header is None
+            or header[:2] != (expected.dtype, expected.shape)
+            or (size != header[2] + data_bytes)
         ):
             out.append(
                 entry.finding(
@@ -530,13 +551,12 @@ def _check_scalars(
         where = {"record": record["record"], "key": record["key"]}
         if not _is_number(value):
             out.append(
-                entry.finding("contract", f"value is {type(value).__name__}; expected a number",
-                              **where)
+                entry.finding(
+                    "contract", f"value is {type(value).__name__}; expected a number", **where
+                )
             )
         elif record["key"] in integer and (not float(value).is_integer() or value < 0):
-            out.append(
-                entry.finding("contract", f"value {value!r} is not a count", **where)
-            )
+            out.append(entry.finding("contract", f"value {value!r} is not a count", **where))
     return out
 
 
@@ -548,22 +568,33 @@ def _check_handshake(
 ) -> list[Finding]:
     describe = groups.get(("config", "describe"), [])
     counts = groups.get(("metric", "counts"), [])
-    out = _check_keys(entry, describe, frozenset({"client-ids", "parts"}), exact=True)
-    out += _check_keys(entry, counts, frozenset({"num-examples"}), exact=True)
+    out = _check_keys(entry, describe, frozenset({"client-ids", "parts"}))
+    out += _check_keys(entry, counts, frozenset({"num-examples"}))
     if out:
         return out
     values = {r["key"]: _record_value(entry, r, payload) for r in describe + counts}
     ids, parts, nums = values["client-ids"], values["parts"], values["num-examples"]
     lists = [v for v in (ids, parts, nums) if isinstance(v, list)]
     if len(lists) != 3 or len({len(v) for v in lists}) != 1:
-        return [entry.finding("contract", "client-ids, parts and num-examples are not three "
-                              "lists of one length", record="describe", key="client-ids")]
+        return [
+            entry.finding(
+                "contract",
+                "client-ids, parts and num-examples are not three lists of one length",
+                record="describe",
+                key="client-ids",
+            )
+        ]
     for cid, part, num in zip(ids, parts, nums, strict=True):
         known = spec.clients.get(str(cid)) if isinstance(cid, str) else None
         if known is None:
-            out.append(entry.finding("contract", f"client-ids names {str(cid)[:40]!r}, which is "
-                                     "not a client of the manifest", record="describe",
-                                     key="client-ids"))
+            out.append(
+                entry.finding(
+                    "contract",
+                    f"client-ids names {str(cid)[:40]!r}, which is not a client of the manifest",
+                    record="describe",
+                    key="client-ids",
+                )
+            )
         elif (part, num) != known:
             out.append(
                 entry.finding(
@@ -583,32 +614,30 @@ def check_contract(entry: EgressEntry, payload: bytes, spec: ContractSpec) -> li
     if entry.error and not entry.records:
         return []  # an error reply carries only its reason, which the content scan reads
     if kind == HANDSHAKE:
-        findings, groups = _only_records(
-            entry, {("config", "describe"): None, ("metric", "counts"): None}
-        )
+        findings, groups = _only_records(entry, {("config", "describe"), ("metric", "counts")})
         return findings + _check_handshake(entry, groups, payload, spec)
     if kind == PHASE1_TRAIN:
-        findings, groups = _only_records(entry, {("array", "arrays"): None, ("metric", "metrics"): None})
+        findings, groups = _only_records(entry, {("array", "arrays"), ("metric", "metrics")})
         arrays = groups.get(("array", "arrays"), [])
         metrics = groups.get(("metric", "metrics"), [])
         if arrays:
             findings += _check_arrays(entry, arrays, payload, spec)
         if metrics:
-            findings += _check_keys(entry, metrics, PHASE1_TRAIN_METRICS, exact=True)
+            findings += _check_keys(entry, metrics, PHASE1_TRAIN_METRICS, DP_METRICS)
             findings += _check_scalars(entry, metrics, payload, integer=("num-examples",))
         return findings
     if kind == PHASE1_EVAL:
-        findings, groups = _only_records(entry, {("metric", "metrics"): None})
+        findings, groups = _only_records(entry, {("metric", "metrics")})
         metrics = groups.get(("metric", "metrics"), [])
         if metrics:
-            findings += _check_keys(entry, metrics, PHASE1_EVAL_METRICS, exact=True)
+            findings += _check_keys(entry, metrics, PHASE1_EVAL_METRICS)
             findings += _check_scalars(entry, metrics, payload, integer=("num-examples",))
         return findings
     if kind == PHASE2:
-        findings, groups = _only_records(entry, {("metric", "metrics"): None})
+        findings, groups = _only_records(entry, {("metric", "metrics")})
         metrics = groups.get(("metric", "metrics"), [])
         if metrics:
-            findings += _check_keys(entry, metrics, PHASE2_METRICS, exact=False)
+            findings += _check_keys(entry, metrics, frozenset(), PHASE2_METRICS)
             findings += _check_scalars(entry, metrics, payload)
         return findings
     return [
@@ -633,11 +662,11 @@ class Source:
 
 @dataclass
 class ClientSequences:
-    """One client's data as word sequences and token-id sequences, each with its Source."""
+    """One client's data as texts and token-id sequences (int64 arrays), each with its Source."""
 
     client_id: str
-    words: list[tuple[list[str], Source]]
-    tokens: list[tuple[list[int], Source]]
+    texts: list[tuple[str, Source]]
+    tokens: list[tuple[np.ndarray, Source]]
 
 
 def words_of(text: str) -> list[str]:
@@ -645,62 +674,90 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def client_sequences(
-    data: ClientData, tokenizer: Any, history_turns: int, max_length: int
-) -> ClientSequences:
+def client_sequences(data: ClientData, tokenizer: Any, history_turns: int) -> ClientSequences:
     """Everything of ``data`` the audit searches for, as words and as backbone token ids.
 
     Dialogues (all splits) contribute each utterance, the dialogue rendered as the model reads
-    it, the turns joined by spaces, and the client's encoded examples (exactly the ids it trains
-    on); the persona contributes each description sentence and the whole description; canaries
-    each planted sentence. Token ids are taken with and without a leading space, because BPE
-    spells a word differently at the start of a text.
+    it, the turns joined by spaces (words only), and each training example as the client
+    encodes it (prompt ids + reply ids + EOS, before truncation: truncating only removes
+    windows); the persona contributes each description sentence and the whole description;
+    canaries each planted sentence. Single sentences are tokenized with and without a leading
+    space, because BPE spells a word differently at the start of a text. Two batched tokenizer
+    calls per client.
     """
     client_id = str(data.meta.get("client_id", data.persona.persona_id))
-    words: list[tuple[list[str], Source]] = []
-    texts: list[tuple[str, Source]] = []
+    texts: list[tuple[str, Source]] = []  # single sentences: tokenized with and without " "
+    dialogues_text: list[tuple[str, Source]] = []  # whole dialogues: words, and ids as is
     for split, dialogues in sorted(data.splits.items()):
         for dialogue in dialogues:
             source = Source("dialogue", f"{split} dialogue {dialogue.dialogue_id}")
             for turn, utterance in enumerate(dialogue.turns):
                 texts.append((utterance.text, Source("dialogue", f"{source.label} turn {turn}")))
-            texts.append((render_dialogue(dialogue), source))
-            texts.append((" ".join(u.text for u in dialogue.turns), source))
+            dialogues_text.append((render_dialogue(dialogue), source))
     for number, sentence in enumerate(data.persona.sentences):
         texts.append((sentence, Source("persona", f"persona sentence {number}")))
-    texts.append((" ".join(data.persona.sentences), Source("persona", "persona description")))
     for number, canary in enumerate(data.meta.get("canaries", []) or []):
         texts.append((str(canary["text"]), Source("canary", f"canary {number}")))
-    for text, source in texts:
-        words.append((words_of(text), source))
-    tokens: list[tuple[list[int], Source]] = []
+    description = (" ".join(data.persona.sentences), Source("persona", "persona description"))
     variants = [t for text, _ in texts for t in (text, f" {text}")]
+    variants += [text for text, _ in dialogues_text] + [description[0]]
+    sources = [source for _, source in texts for _ in (0, 1)]
+    sources += [source for _, source in dialogues_text] + [description[1]]
     encoded = tokenizer(variants, add_special_tokens=False)["input_ids"]
-    for i, (_, source) in enumerate(texts):
-        tokens.append((list(encoded[2 * i]), source))
-        tokens.append((list(encoded[2 * i + 1]), source))
-    for split, dialogues in sorted(data.splits.items()):
-        examples = examples_from_dialogues(dialogues, history_turns)
-        for number, example in enumerate(encode_examples(examples, tokenizer, max_length)):
-            tokens.append((list(example.input_ids), Source("dialogue", f"{split} example {number}")))
-    return ClientSequences(client_id, words, tokens)
+    tokens = [(np.asarray(ids, np.int64), src) for ids, src in zip(encoded, sources, strict=True)]
+    examples = [
+        (f"{split} example {number}", example)
+        for split, dialogues in sorted(data.splits.items())
+        for number, example in enumerate(examples_from_dialogues(dialogues, history_turns))
+    ]
+    if examples:
+        parts = [render_history(e.history) for _, e in examples]
+        parts += [render_target(e.response.text) for _, e in examples]
+        ids = tokenizer(parts, add_special_tokens=False)["input_ids"]
+        eos = getattr(tokenizer, "eos_token_id", None)
+        tail = [int(eos)] if eos is not None else []
+        for i, (label, _) in enumerate(examples):
+            sequence = np.asarray([*ids[i], *ids[len(examples) + i], *tail], np.int64)
+            tokens.append((sequence, Source("dialogue", label)))
+    joined = [
+        (" ".join(u.text for u in d.turns), Source("dialogue", f"{split} dialogue {d.dialogue_id}"))
+        for split, dialogues in sorted(data.splits.items())
+        for d in dialogues
+    ]
+    return ClientSequences(client_id, [*texts, *dialogues_text, *joined, description], tokens)
 
 
 def _text_windows(words: list[str], n: int) -> list[str]:
     return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
-def _id_windows(ids: Sequence[int], n: int) -> np.ndarray:
-    """(count, n) int64 array of every length-n window of ``ids`` (count 0 when too short)."""
-    array = np.asarray(ids, dtype=np.int64)
-    if len(array) < n:
-        return np.zeros((0, n), dtype=np.int64)
-    return np.lib.stride_tricks.sliding_window_view(array, n)
+def id_windows(sequences: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every length-n window of every sequence: a (count, n) int64 array, and for each row the
+    index of the sequence it comes from (one gather over the concatenation, no Python loop)."""
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    if len(sequences) == 0 or lengths.max(initial=0) < n:
+        return np.zeros((0, n), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
+    ends = np.cumsum(lengths)
+    counts = np.maximum(lengths - n + 1, 0)
+    owner = np.repeat(np.arange(len(sequences)), counts)
+    first = np.repeat(ends - lengths, counts)
+    step = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    starts = first + step
+    return flat[starts[:, None] + np.arange(n)], owner
 
 
 _MULTIPLIERS = np.array(
-    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-     0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9],
+    [
+        0x9E3779B97F4A7C15,
+        0xC2B2AE3D27D4EB4F,
+        0x165667B19E3779F9,
+        0xD6E8FEB86659FD93,
+        0xFF51AFD7ED558CCD,
+        0xC4CEB9FE1A85EC53,
+        0x94D049BB133111EB,
+        0xBF58476D1CE4E5B9,
+    ],
     dtype=np.uint64,
 )
 
@@ -722,11 +779,13 @@ def _text_hash(window: str) -> int:
 def dialogue_keys(seqs: ClientSequences) -> tuple[np.ndarray, np.ndarray]:
     """Unique hashes of this client's dialogue text windows and dialogue token windows."""
     text = {
-        _text_hash(w) for ws, src in seqs.words if src.kind == "dialogue"
-        for w in _text_windows(ws, TEXT_NGRAM)
+        _text_hash(w)
+        for t, src in seqs.texts
+        if src.kind == "dialogue"
+        for w in _text_windows(words_of(t), TEXT_NGRAM)
     }
-    ids = [_id_windows(t, TOKEN_WINDOW) for t, src in seqs.tokens if src.kind == "dialogue"]
-    id_hashes = window_hashes(np.concatenate(ids)) if ids else np.zeros(0, np.uint64)
+    windows, _ = id_windows([t for t, src in seqs.tokens if src.kind == "dialogue"], TOKEN_WINDOW)
+    id_hashes = window_hashes(windows)
     return np.unique(np.fromiter(text, dtype=np.uint64, count=len(text))), np.unique(id_hashes)
 
 
@@ -739,7 +798,9 @@ class GenericSets:
     min_clients: int
 
     @classmethod
-    def count(cls, per_client: Iterable[tuple[np.ndarray, np.ndarray]], num_clients: int) -> GenericSets:
+    def count(
+        cls, per_client: Iterable[tuple[np.ndarray, np.ndarray]], num_clients: int
+    ) -> GenericSets:
         """Document frequency over clients (each client's hashes are unique already)."""
         threshold = generic_min_clients(num_clients)
         texts, ids = [], []
@@ -781,7 +842,7 @@ ENCODINGS: tuple[tuple[str, str], ...] = (
     ("float64-be", ">f8"),
 )
 """How token ids may be written into bytes. 16-bit covers int16 and uint16 (same bytes)."""
-_TABLE_BITS = 24
+_TABLE_BITS = 22
 _TABLE_MASK = np.uint64((1 << _TABLE_BITS) - 1)
 
 
@@ -802,7 +863,7 @@ class ByteScanner:
 
     Each encoded pattern (16 to 64 bytes) is keyed by its 8-byte chunk with the most non-zero
     bytes. For each of the 8 byte alignments the payload is read as little-endian uint64; a
-    bit table on the low 24 bits of those words rejects almost every position, a sorted search
+    table on the low 22 bits of those words rejects almost every position, a sorted search
     confirms the key, and the surviving positions are compared byte for byte.
     """
 
@@ -837,7 +898,12 @@ class ByteScanner:
         self.table[(self.keys & _TABLE_MASK).astype(np.intp)] = True
 
     def scan(self, payload: bytes) -> list[tuple[int, int, str]]:
-        """Every (start offset, window index, encoding name) whose bytes occur in ``payload``."""
+        """Every (start offset, window index, encoding name) whose bytes occur in ``payload``.
+
+        Small ids leave zero bytes that let the same bytes read as another encoding one byte
+        later (int16-le ids a, b, c read as int16-be b, c, ... from the next byte), so each run
+        of overlapping hits is reported in the encoding of its earliest hit only.
+        """
         if len(self.keys) == 0 or len(payload) < 16:
             return []
         hits: set[tuple[int, int, str]] = set()
@@ -852,6 +918,8 @@ class ByteScanner:
             candidates = words[maybe]
             lo = np.searchsorted(self.keys, candidates, side="left")
             hi = np.searchsorted(self.keys, candidates, side="right")
+            present = hi > lo
+            maybe, lo, hi = maybe[present], lo[present], hi[present]
             for position, first, last in zip(maybe, lo, hi, strict=True):
                 at = align + 8 * int(position)
                 for k in range(int(first), int(last)):
@@ -860,9 +928,30 @@ class ByteScanner:
                     pattern = self.patterns[enc][row]
                     start = at - int(self.offsets[k])
                     end = start + len(pattern)
-                    if start >= 0 and end <= len(payload) and payload[start:end] == pattern.tobytes():
-                        hits.add((start, row, ENCODINGS[enc][0]))
-        return sorted(hits)
+                    if (
+                        start >= 0
+                        and end <= len(payload)
+                        and payload[start:end] == pattern.tobytes()
+                    ):
+                        hits.add((start, row, enc))
+        return _one_reading(sorted(hits), self.patterns)
+
+
+def _one_reading(
+    hits: list[tuple[int, int, int]], patterns: list[np.ndarray]
+) -> list[tuple[int, int, str]]:
+    """Keep, in each cluster of overlapping (start, row, encoding) hits sorted by start, only
+    the hits in the encoding of the cluster's first hit."""
+    out: list[tuple[int, int, str]] = []
+    cluster_end, cluster_encoding = -1, -1
+    for start, row, enc in hits:
+        end = start + patterns[enc].shape[1]
+        if start >= cluster_end:
+            cluster_encoding = enc
+        cluster_end = max(cluster_end, end)
+        if enc == cluster_encoding:
+            out.append((start, row, ENCODINGS[enc][0]))
+    return out
 
 
 # ============================================================================ fingerprints
@@ -889,11 +978,14 @@ class Fingerprint:
             if old is None or _PRIORITY[source.kind] > _PRIORITY[old.kind]:
                 table[window] = source
 
-        for words, source in seqs.words:
+        for text_unit, source in seqs.texts:
+            words = words_of(text_unit)
             if source.kind == "dialogue":
                 windows = _text_windows(words, TEXT_NGRAM)
                 hashes = np.fromiter((_text_hash(w) for w in windows), np.uint64, len(windows))
-                for window, generic_hit in zip(windows, _contains(generic.text, hashes), strict=True):
+                for window, generic_hit in zip(
+                    windows, _contains(generic.text, hashes), strict=True
+                ):
                     if not generic_hit:
                         add_text(window, TEXT_NGRAM, source)
             elif len(words) >= TEXT_NGRAM:
@@ -901,32 +993,26 @@ class Fingerprint:
                     add_text(window, TEXT_NGRAM, source)
             elif len(words) >= MIN_SENTENCE_WORDS and len(" ".join(words)) >= MIN_SENTENCE_CHARS:
                 add_text(" ".join(words), len(words), source)
+        sources = [source for _, source in seqs.tokens]
+        windows, owner = id_windows([tokens for tokens, _ in seqs.tokens], TOKEN_WINDOW)
+        private = np.array([s.kind != "dialogue" for s in sources], dtype=bool)[owner]
+        keep = private | ~_contains(generic.ids, window_hashes(windows))
+        ordered = np.sort(windows, axis=1)
+        keep &= 1 + np.count_nonzero(np.diff(ordered, axis=1), axis=1) >= MIN_DISTINCT_IDS
         ids: dict[tuple[int, ...], Source] = {}
-        for tokens, source in seqs.tokens:
-            windows = _id_windows(tokens, TOKEN_WINDOW)
-            if len(windows) == 0:
-                continue
-            keep = np.ones(len(windows), dtype=bool)
-            if source.kind == "dialogue":
-                keep &= ~_contains(generic.ids, window_hashes(windows))
-            distinct = np.array([len(set(row)) for row in windows.tolist()])
-            keep &= distinct >= MIN_DISTINCT_IDS
-            for row in windows[keep].tolist():
-                key = tuple(row)
-                old = ids.get(key)
-                if old is None or _PRIORITY[source.kind] > _PRIORITY[old.kind]:
-                    ids[key] = source
+        for row, index in zip(windows[keep].tolist(), owner[keep].tolist(), strict=True):
+            key, source = tuple(row), sources[index]
+            old = ids.get(key)
+            if old is None or _PRIORITY[source.kind] > _PRIORITY[old.kind]:
+                ids[key] = source
         rows = np.array(list(ids), dtype=np.int64).reshape(-1, TOKEN_WINDOW)
         first = {length: {w.split(" ", 1)[0] for w in table} for length, table in text.items()}
         return cls(seqs.client_id, text, first, ids, ByteScanner(rows))
 
-    @property
-    def id_rows(self) -> list[tuple[int, ...]]:
-        return [tuple(int(v) for v in row) for row in self.scanner.windows.tolist()]
-
-    def match_text(self, text: str) -> list[tuple[str, Source]]:
-        """Each (window, Source) of this client's text found in ``text`` (word-level match)."""
-        words = words_of(text)
+    def match_text(self, text: str) -> list[tuple[str, Source, int]]:
+        """Each (window, Source, character offset) of this client's text found in ``text``."""
+        found = list(_WORD.finditer(text.lower()))
+        words = [m.group() for m in found]
         out = []
         for length, table in self.text.items():
             starts = self.first_words[length]
@@ -935,7 +1021,7 @@ class Fingerprint:
                     window = " ".join(words[i : i + length])
                     source = table.get(window)
                     if source is not None:
-                        out.append((window, source))
+                        out.append((window, source, found[i].start()))
         return out
 
     def match_ints(self, values: Sequence[int]) -> list[tuple[tuple[int, ...], Source]]:
@@ -1005,9 +1091,25 @@ def reply_views(entry: EgressEntry, payload: bytes) -> _Views:
         _walk_json(_record_value(entry, record, payload), where, views)
     if entry.error:
         where = {"record": None, "key": "error reason"}
-        views.texts.append((entry.error, where))
         _walk_json(entry.error, where, views)
     return views
+
+
+def ascii_runs(data: bytes, min_length: int = MIN_SENTENCE_CHARS) -> list[tuple[int, str]]:
+    """(offset, text) of every run of at least ``min_length`` printable ASCII bytes.
+
+    A numpy pass (a lookup table and the edges of the mask) rather than a regex: payloads are
+    mostly float bytes, and this is the one pass over every byte of them that reads text.
+    """
+    if len(data) < min_length:
+        return []
+    mask = _PRINTABLE[np.frombuffer(data, dtype=np.uint8)]
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    starts, ends = edges[0::2], edges[1::2]
+    keep = ends - starts >= min_length
+    return [
+        (int(a), data[a:b].decode("ascii")) for a, b in zip(starts[keep], ends[keep], strict=True)
+    ]
 
 
 def _record_at(entry: EgressEntry, offset: int) -> dict[str, Any]:
@@ -1035,8 +1137,13 @@ class _Collector:
         if key in self.hits:
             self.hits[key]["matches"] += 1
         else:
-            self.hits[key] = {"where": where, "source": source, "encoding": encoding,
-                              "excerpt": excerpt, "matches": 1}
+            self.hits[key] = {
+                "where": where,
+                "source": source,
+                "encoding": encoding,
+                "excerpt": excerpt,
+                "matches": 1,
+            }
 
     def findings(self, client: str) -> list[Finding]:
         out = []
@@ -1076,10 +1183,9 @@ def scan_reply(
     def show(window: Sequence[int]) -> str:
         return f"{decode(list(window))!r} ids {list(window)}" if decode else str(list(window))
 
-    for match in _ASCII_RUN.finditer(payload):
-        text = match.group().decode("ascii")
-        for window, source in fingerprint.match_text(text):
-            collect.add(_record_at(entry, match.start()), source, "utf-8 text", window)
+    for offset, text in ascii_runs(payload):
+        for window, source, at in fingerprint.match_text(text):
+            collect.add(_record_at(entry, offset + at), source, "utf-8 text", window)
     rows = fingerprint.scanner.windows
     id_sources = fingerprint.ids
     for start, row, encoding in fingerprint.scanner.scan(payload):
@@ -1087,17 +1193,17 @@ def scan_reply(
         collect.add(_record_at(entry, start), id_sources[window], encoding, show(window))
     views = reply_views(entry, payload)
     for text, where in views.texts:
-        for window, source in fingerprint.match_text(text):
+        for window, source, _ in fingerprint.match_text(text):
             collect.add(where, source, "utf-8 text", window)
     for values, where in views.ints:
         for window, source in fingerprint.match_ints(values):
             collect.add(where, source, "json integers", show(window))
     for blob, where in views.blobs:
-        for start, row, encoding in fingerprint.scanner.scan(blob):
+        for _start, row, encoding in fingerprint.scanner.scan(blob):
             window = tuple(int(v) for v in rows[row])
             collect.add(where, id_sources[window], f"{encoding} (bytes value)", show(window))
-        for match in _ASCII_RUN.finditer(blob):
-            for window, source in fingerprint.match_text(match.group().decode("ascii")):
+        for _, text in ascii_runs(blob):
+            for window, source, _ in fingerprint.match_text(text):
                 collect.add(where, source, "utf-8 text", window)
     return collect.findings(fingerprint.client_id)
 
@@ -1105,7 +1211,9 @@ def scan_reply(
 # ============================================================================ the run
 
 
-def senders(entries: Sequence[EgressEntry], egress_dir: Path, known: set[str]) -> dict[int, set[str]]:
+def senders(
+    entries: Sequence[EgressEntry], egress_dir: Path, known: set[str]
+) -> dict[int, set[str]]:
     """Which clients each node speaks for: the clients named in its requests and handshakes.
 
     Only ids present in the manifest count, so a reply cannot steer the audit away from its
@@ -1140,35 +1248,90 @@ def load_tokenizer(cfg: FedpktConfig) -> Any:
 
     from fedpkt.model.backbone import backbone_path
 
-    path = backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False)
+    path = backbone_path(
+        cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False
+    )
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FedpktError(f"backbone '{cfg.backbone.name}' has no usable tokenizer ({first})") from None
+        raise FedpktError(
+            f"backbone '{cfg.backbone.name}' has no usable tokenizer ({first})"
+        ) from None
+    # Whole dialogues are longer than the model's context; they are only searched for, never
+    # fed to the model, so the length warning would be noise.
+    tokenizer.model_max_length = 1 << 62
+    return tokenizer
 
 
 def load_model_config(cfg: FedpktConfig) -> Any:
-    """The backbone's config (for θ's shapes), read from its local directory."""
-    from transformers import AutoConfig
+    """The backbone's config (for θ's shapes): what the server itself builds θ_0 from."""
+    from fedpkt.model.backbone_info import backbone_config
 
-    from fedpkt.model.backbone import backbone_path
-
-    path = backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False)
     try:
-        return AutoConfig.from_pretrained(path)
+        return backbone_config(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FedpktError(f"backbone '{cfg.backbone.name}' has an unreadable config ({first})") from None
+        raise FedpktError(
+            f"backbone '{cfg.backbone.name}' has an unreadable config ({first})"
+        ) from None
+
+
+class DataIndex:
+    """The searchable form of every client's data under one data root, built once.
+
+    Holds each client's texts and token sequences (compact int64 arrays) and the generic-window
+    sets counted over all of them. ``fingerprint`` builds one client's search tables; with
+    ``keep_fingerprints`` they are cached (tests and repeated audits over the same data), else
+    built per use so that memory stays flat however many clients a run has.
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        tokenizer: Any,
+        history_turns: int,
+        *,
+        keep_fingerprints: bool = False,
+    ) -> None:
+        self.data_root = Path(data_root)
+        self.tokenizer = tokenizer
+        manifest = load_manifest(self.data_root)
+        self.client_ids = [str(e["client_id"]) for e in manifest["clients"]]
+        self.sequences = {
+            cid: client_sequences(load_client(self.data_root, cid), tokenizer, history_turns)
+            for cid in self.client_ids
+        }
+        self.generic = GenericSets.count(
+            (dialogue_keys(seqs) for seqs in self.sequences.values()), len(self.client_ids)
+        )
+        self.keep_fingerprints = keep_fingerprints
+        self._fingerprints: dict[str, Fingerprint] = {}
+
+    @classmethod
+    def for_run(cls, run: RunDir, tokenizer: Any = None, **kwargs: Any) -> DataIndex:
+        """The index of a run's data root with its backbone's tokenizer (unless given)."""
+        cfg = run.config()
+        return cls(
+            run.data_root(cfg), tokenizer or load_tokenizer(cfg), cfg.data.history_turns, **kwargs
+        )
+
+    def fingerprint(self, client_id: str) -> Fingerprint:
+        if client_id in self._fingerprints:
+            return self._fingerprints[client_id]
+        built = Fingerprint.build(self.sequences[client_id], self.generic)
+        if self.keep_fingerprints:
+            self._fingerprints[client_id] = built
+        return built
 
 
 def audit_run(
-    run_dir: str | Path, *, tokenizer: Any = None, model_config: Any = None
+    run_dir: str | Path, *, index: DataIndex | None = None, model_config: Any = None
 ) -> AuditReport:
     """Audit one run directory; raises FedpktError on bad input (nothing is written).
 
-    ``tokenizer`` and ``model_config`` default to the run's backbone's (callers that have them
-    loaded may pass them).
+    ``index`` (the run's client data made searchable) and ``model_config`` (the backbone's, for
+    θ's shapes) default to the run's own; pass them to audit many runs over the same data.
     """
     started = time.perf_counter()
     run = RunDir(Path(run_dir))
@@ -1179,7 +1342,6 @@ def audit_run(
     data_root = run.data_root(cfg)
     manifest = load_manifest(data_root)
     spec = contract_spec(cfg, model_config or load_model_config(cfg), manifest)
-    tokenizer = tokenizer or load_tokenizer(cfg)
     known = set(spec.clients)
 
     findings: list[Finding] = []
@@ -1192,26 +1354,29 @@ def audit_run(
         findings += check_contract(entry, payload, spec)
         if entry.client is not None and entry.client not in known:
             findings.append(
-                entry.finding("contract", f"request named client '{entry.client}', which is "
-                              "not in the manifest")
+                entry.finding(
+                    "contract",
+                    f"request named client '{entry.client}', which is not in the manifest",
+                )
             )
 
-    def sequences(client_id: str) -> ClientSequences:
-        data = load_client(data_root, client_id)
-        return client_sequences(data, tokenizer, cfg.data.history_turns, cfg.data.max_length)
-
-    generic = GenericSets.count((dialogue_keys(sequences(c)) for c in sorted(known)), len(known))
+    if index is None:
+        index = DataIndex.for_run(run)
+    elif index.data_root.resolve() != data_root.resolve():
+        raise FedpktError(
+            f"audit index covers '{index.data_root}' but run '{run.root}' has its data in "
+            f"'{data_root}'"
+        )
     by_node = senders(entries, run.egress, known)
     groups: dict[str, list[EgressEntry]] = {}
     for entry in entries:
         for owner in _owners(entry, by_node, known):
             groups.setdefault(owner, []).append(entry)
-    decode = getattr(tokenizer, "decode", None)
+    decode = getattr(index.tokenizer, "decode", None)
     for client_id in sorted(groups):
-        fingerprint = Fingerprint.build(sequences(client_id), generic)
+        fingerprint = index.fingerprint(client_id)
         for entry in groups[client_id]:
-            payload = load_payload(run.egress, entry)
-            findings += scan_reply(entry, payload, fingerprint, decode)
+            findings += scan_reply(entry, load_payload(run.egress, entry), fingerprint, decode)
 
     return AuditReport(
         run=str(run.root),
@@ -1224,7 +1389,7 @@ def audit_run(
         rules={
             "text_ngram_words": TEXT_NGRAM,
             "token_window_ids": TOKEN_WINDOW,
-            "generic_min_clients": generic.min_clients,
+            "generic_min_clients": index.generic.min_clients,
             "persona_and_canary_min_words": MIN_SENTENCE_WORDS,
             "token_encodings": [name for name, _ in ENCODINGS],
             "phase2_metrics": sorted(PHASE2_METRICS),

@@ -1,0 +1,109 @@
+"""``fedpkt launch``: the federated run on real SuperLink and SuperNode processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli.common import ConfigOption, SetOption, console, err_console, exits_cleanly, resolve_config
+from cli.simulate_cmd import _results_table
+
+
+@exits_cleanly
+def launch_command(
+    supernodes: int = typer.Option(2, "--supernodes", "-n", help="SuperNodes to start here."),
+    gpus: str | None = typer.Option(
+        None, "--gpus", help="GPU indices, e.g. 0,1: SuperNode k uses GPU k mod len (none: CPU)."
+    ),
+    config: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory (default: new)."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS (default: TLS on)."),
+    join: str | None = typer.Option(
+        None, "--join", help="HOST:PORT of a SuperLink elsewhere: start only SuperNodes."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="SuperLink bind address (0.0.0.0: all)."),
+    port: int | None = typer.Option(None, "--port", help="SuperLink port (default: a free one)."),
+    tls_name: list[str] | None = typer.Option(
+        None, "--tls-name", help="Extra host name/IP for the SuperLink certificate (repeatable)."
+    ),
+    ca_cert: Path | None = typer.Option(None, "--ca-cert", help="CA certificate (PEM)."),
+    server_cert: Path | None = typer.Option(None, "--server-cert", help="SuperLink cert (PEM)."),
+    server_key: Path | None = typer.Option(None, "--server-key", help="SuperLink key (PEM)."),
+    node_auth: bool = typer.Option(
+        False, "--node-auth", help="SuperNode authentication: a registered key per SuperNode."
+    ),
+    shard: str | None = typer.Option(
+        None, "--shard", help="I/K: serve only shard I of K of the clients (several machines)."
+    ),
+    wait_for_nodes: int | None = typer.Option(
+        None, "--wait-for-nodes", help="Total SuperNodes to wait for before starting the run."
+    ),
+    phase: str = typer.Option(
+        "all", "--phase", help="all (phases 1+2), source (phase 1 only), personalize (phase 2)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
+) -> None:
+    """Run PersonaPKT on a real Flower SuperLink and SuperNodes (one OS process each)."""
+    from sim.launch import LaunchOptions, launch, parse_gpus, parse_shard, validate_options
+
+    cfg = resolve_config(config, overrides)
+    options = LaunchOptions(
+        supernodes=supernodes,
+        gpus=parse_gpus(gpus),
+        insecure=insecure,
+        join=join,
+        host=host,
+        port=port,
+        tls_names=tuple(tls_name or ()),
+        ca_cert=ca_cert,
+        server_cert=server_cert,
+        server_key=server_key,
+        node_auth=node_auth,
+        shard=parse_shard(shard),
+        wait_for_nodes=wait_for_nodes,
+        phases=phase,
+        resume=resume,
+    )
+    validate_options(options)  # bad flags: one line, before any progress display or file
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        rounds_task = progress.add_task("phase 1 rounds", total=cfg.phase1.rounds, info="")
+        clients_task = progress.add_task("phase 2 clients", total=None, info="")
+
+        def on_event(event: dict) -> None:
+            kind = event.get("event")
+            if kind == "round":
+                val = event.get("val_loss")
+                info = f"train {event['train_loss']:.3f}" + (f" val {val:.3f}" if val else "")
+                if event.get("failures"):
+                    info += f" ({event['failures']} clients left out)"
+                progress.update(rounds_task, completed=event["round"], info=info)
+            elif kind == "client":
+                progress.update(clients_task, advance=1, info=f"{event['client_id']}")
+            elif kind == "client_failed":
+                progress.console.print(f"[yellow]client {event['client_id']} failed[/]")
+
+        try:
+            run = launch(
+                cfg,
+                options,
+                run_dir,
+                on_event=on_event,
+                on_message=lambda text: progress.console.print(text, highlight=False),
+            )
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted:[/] every process started was stopped")
+            raise typer.Exit(code=130) from None
+    console.print(f"run directory: [bold]{run.root}[/]")
+    if (run.root / "results.json").is_file():
+        console.print(_results_table(run.root))
+        console.print(f"report: {run.root / 'report.md'}")

@@ -1,0 +1,198 @@
+"""`fedpkt launch` on real processes: a SuperLink and 3 SuperNodes on 127.0.0.1 (CPU).
+
+Each test runs the real CLI (or ``sim.launch.launch``) and checks afterwards, through psutil,
+that no process it started is left: nothing whose command line or FLWR_HOME points into the
+test's run directory. These runs take minutes on 2 shared cores (Flower starts a fresh
+ClientApp process per message), hence the e2e mark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedpkt.errors import FedpktError
+from fedpkt.rundir import RunDir
+from sim.launch import LaunchOptions, launch
+from tests.conftest import tiny_config
+from tests.test_launch import launch_processes
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The reduced run of the issue: tiny backbone and corpus, 2 rounds, short generation.
+REDUCED = {
+    "backbone.embedded_size": "'tiny'",
+    "data.scale": "'tiny'",
+    "prefix.num_virtual_tokens": "4",
+    "prefix.projection_hidden": "32",
+    "phase1.rounds": "2",
+    "phase1.clients_per_round": "3",
+    "phase1.min_clients": "1",
+    "phase1.eval_clients": "2",
+    "phase1.client_timeout_s": "300.0",
+    "phase2.max_epochs": "2",
+    "generation.num_beams": "2",
+    "generation.max_new_tokens": "8",
+}
+
+
+def _command(run_dir: Path, *extra: str, **overrides: str) -> list[str]:
+    sets: list[str] = []
+    for key, value in {**REDUCED, **overrides}.items():
+        sets += ["--set", f"{key.replace('__', '.')}={value}"]
+    cmd = [sys.executable, "-m", "cli.main", "launch", "--supernodes", "3"]
+    return [*cmd, "--config", "embedded", "--run-dir", str(run_dir), *sets, *extra]
+
+
+def _processes(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "launch" / "processes.json").read_text())["processes"]
+
+
+def _wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"launcher exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def _train_messages(log: Path) -> int:
+    if not log.is_file():
+        return 0
+    return log.read_text(errors="replace").count("Receiving: train message")
+
+
+def _assert_nothing_left(run_dir: Path) -> None:
+    left = launch_processes(run_dir)
+    for proc in left:  # never leave them to the next test, even when failing
+        proc.kill()
+    assert left == [], [p.info.get("cmdline") for p in left]
+
+
+def test_three_supernodes_run_both_phases_over_tls(tmp_path: Path) -> None:
+    """The issue's run: 3 SuperNodes, reduced phases 1 + 2, report.md and results.json."""
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        _command(run_dir), cwd=ROOT, capture_output=True, text=True, timeout=840, check=False
+    )
+    try:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        run = RunDir(run_dir)
+        assert (run_dir / "report.md").is_file()
+        rows = json.loads((run_dir / "results.json").read_text())["rows"]
+        assert rows and {"method", "part", "f1", "c_score"} <= set(rows[0])
+        assert [e["round"] for e in run.events("round")] == [1, 2]
+        assert len(run.events("done")) == 1
+
+        manifest = json.loads((run_dir / "data" / "manifest.json").read_text())["clients"]
+        all_ids = {c["client_id"] for c in manifest}
+        personal = {c["client_id"] for c in manifest if c["part"] in ("B", "C")}
+        assert {e["client_id"] for e in run.events("client")} == personal
+
+        procs = _processes(run_dir)
+        assert [p["name"] for p in procs] == ["superlink", *(f"supernode-{k}" for k in range(3))]
+        assert all(p["exit_code"] is not None for p in procs)
+        served = [set(p["client_ids"]) for p in procs[1:]]
+        assert set().union(*served) == all_ids
+        assert sum(len(s) for s in served) == len(all_ids)  # each client on exactly one node
+        assert "--ssl-certfile" in procs[0]["argv"]  # TLS by default
+        assert (run_dir / "certs" / "ca.pem").is_file()
+        for name in ("superlink", "supernode-0", "supernode-1", "supernode-2", "serverapp"):
+            assert (run_dir / "logs" / f"{name}.log").is_file()
+        assert any((run_dir / "egress").iterdir())
+    finally:
+        _assert_nothing_left(run_dir)
+
+
+def test_killed_supernode_round_completes_with_the_others(tmp_path: Path) -> None:
+    """SIGKILL one SuperNode while round 1 is in flight: the round and the run still finish.
+
+    4 of 8 Part A clients are sampled per round and no node serves more than 3 of them, so
+    every round has a client on a living node (min_clients = 1).
+    """
+    run_dir = tmp_path / "run"
+    cmd = _command(
+        run_dir,
+        "--phase",
+        "source",
+        **{"phase1.clients_per_round": "4", "phase1.client_timeout_s": "240.0"},
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    logs = [run_dir / "logs" / f"supernode-{k}.log" for k in range(3)]
+    try:
+        _wait_until(
+            lambda: sum(_train_messages(log) > 0 for log in logs) >= 2,
+            600,
+            "two SuperNodes working on round 1",
+            proc,
+        )
+        victim = next(k for k, log in enumerate(logs) if _train_messages(log) > 0)
+        pgid = _processes(run_dir)[1 + victim]["pgid"]
+        os.killpg(pgid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=780)
+        assert proc.returncode == 0, output[-3000:]
+        assert f"supernode-{victim} exited" in output
+        rounds = RunDir(run_dir).events("round")
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert rounds[0]["failures"] >= 1
+        assert (run_dir / "checkpoints" / "source.safetensors").is_file()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _assert_nothing_left(run_dir)
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    """SIGINT while ClientApps and the ServerApp run: exit 130, nothing left running."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        _command(run_dir, "--phase", "source", "--insecure"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    logs = [run_dir / "logs" / f"supernode-{k}.log" for k in range(3)]
+    try:
+        _wait_until(lambda: any(_train_messages(log) for log in logs), 600, "a train message", proc)
+        assert launch_processes(run_dir)  # the federation is up
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, output[-3000:]
+        assert "interrupted" in output
+        assert all(p["exit_code"] is not None for p in _processes(run_dir))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _assert_nothing_left(run_dir)
+
+
+def test_authenticated_node_connects_then_missing_nodes_stop_everything(tmp_path: Path) -> None:
+    """--node-auth: the registered SuperNode comes online (1 of 2); the second never does, so
+    launch fails with one line after the startup timeout and stops what it started."""
+    cfg = tiny_config()
+    options = LaunchOptions(supernodes=1, node_auth=True, wait_for_nodes=2, startup_timeout_s=45)
+    run_dir = tmp_path / "run"
+    try:
+        with pytest.raises(FedpktError, match=r"only 1 of 2 SuperNodes connected"):
+            launch(cfg, options, run_dir)
+        procs = _processes(run_dir)
+        assert "--enable-supernode-auth" in procs[0]["argv"]
+        assert "--auth-supernode-private-key" in procs[1]["argv"]
+        assert all(p["exit_code"] is not None for p in procs)
+    finally:
+        _assert_nothing_left(run_dir)

@@ -1,0 +1,100 @@
+"""Phase 2 end to end through Flower: personalization pays off, vaults, scalar-only replies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clients.app import PHASE2_VAULT_NAME
+from fedpkt.model.backbone import load_backbone
+from fedpkt.privacy.vault import Vault
+from fedpkt.report import read_results
+from fedpkt.rundir import RunDir
+from sim.simulate import simulate
+from tests.conftest import PHASE2_E2E, tiny_config
+
+pytestmark = pytest.mark.e2e
+
+ALLOWED_PHASE2_KEYS = {
+    "f1",
+    "f1_2gram",
+    "lcs_f1",
+    "c_score",
+    "test_loss",
+    "init_test_loss",
+    "n_test_responses",
+    "n_train_dialogues",
+    "epochs",
+    "best_epoch",
+    "seconds",
+    "epsilon",
+}
+
+
+def _part_mean(run: RunDir, part: str, key: str) -> float:
+    rows = [r for r in run.events("client") if r["part"] == part]
+    assert rows, f"no Part {part} client reported"
+    return float(np.mean([r[key] for r in rows]))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunDir]:
+    """PersonaPKT and the random-init control on the same reduced data and seeds."""
+    root = tmp_path_factory.mktemp("phase2")
+    pkt = simulate(tiny_config(**PHASE2_E2E), root / "pkt")
+    rand = simulate(
+        tiny_config(**PHASE2_E2E, phase2__init="random"), root / "rand", phases="all"
+    )
+    return {"pkt": pkt, "rand": rand}
+
+
+def test_personapkt_beats_random_init_on_part_b_f1(runs: dict[str, RunDir]) -> None:
+    assert _part_mean(runs["pkt"], "B", "f1") > _part_mean(runs["rand"], "B", "f1")
+
+
+def test_personalized_prefix_lowers_test_loss_below_the_source_prefix(
+    runs: dict[str, RunDir],
+) -> None:
+    pkt = runs["pkt"]
+    assert _part_mean(pkt, "B", "test_loss") < _part_mean(pkt, "B", "init_test_loss")
+
+
+def test_mean_c_score_is_positive(runs: dict[str, RunDir]) -> None:
+    assert _part_mean(runs["pkt"], "B", "c_score") > 0
+
+
+def test_results_json_has_one_row_per_part(runs: dict[str, RunDir]) -> None:
+    results = read_results(runs["pkt"].root)
+    assert {row.part for row in results.rows} == {"B", "C"}
+    for name in ("report.md", "results.csv", "plots/phase1_loss.png", "plots/fewshot.png"):
+        assert (runs["pkt"].root / name).is_file(), name
+
+
+def test_phase2_replies_hold_only_allowed_metric_scalars(runs: dict[str, RunDir]) -> None:
+    entries = [
+        json.loads(line)
+        for file in runs["pkt"].egress.glob("*.jsonl")
+        for line in file.read_text().splitlines()
+    ]
+    phase2 = [e for e in entries if e["phase"] == "personalize"]
+    assert phase2, "no phase-2 reply was logged"
+    for entry in phase2:
+        assert entry["error"] is None
+        for record in entry["records"]:
+            assert record["kind"] == "metric", record
+            assert record["key"] in ALLOWED_PHASE2_KEYS, record["key"]
+            assert isinstance(record["value"], float)
+
+
+def test_every_personalized_prefix_is_in_its_own_vault(runs: dict[str, RunDir]) -> None:
+    run = runs["pkt"]
+    cfg = run.config()
+    backbone = load_backbone(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
+    clients = {r["client_id"] for r in run.events("client")}
+    for client_id in clients:
+        vault = Vault(run.vaults / client_id, client_id)
+        prefix = vault.load(PHASE2_VAULT_NAME, backbone_fingerprint=backbone.fingerprint)["prefix"]
+        assert prefix.shape[0] == cfg.prefix.num_virtual_tokens
+        assert (vault.path(PHASE2_VAULT_NAME).stat().st_mode & 0o077) == 0
