@@ -33,6 +33,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from clients.egress import make_egress_mod
+from clients.secure import secagg_mod
 from fedpkt.config import FedpktConfig, load_config_text
 from fedpkt.data.partition import load_manifest
 from fedpkt.errors import FedpktError
@@ -171,7 +172,9 @@ def make_client_app(
         resolved = settings(context)
         return resolved.egress_dir, resolved.record_payloads
 
-    app = ClientApp(mods=[make_egress_mod(egress_target), *(extra_mods or [])])
+    # SecAgg+ sits inside the egress mod (the log sees the masked reply that leaves) and is
+    # a pass-through unless the server runs the round with SecAgg+ (privacy.secagg).
+    app = ClientApp(mods=[make_egress_mod(egress_target), secagg_mod, *(extra_mods or [])])
 
     @app.query()
     def describe(msg: Message, context: Context) -> Message:

@@ -155,6 +155,22 @@ class DPConfig(_Section):
     epsilon: float = Field(8.0, gt=0.0, description="Target epsilon per client.")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="Target delta.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Per-example clipping norm.")
+    client_dp: Literal["off", "fixed", "adaptive"] = Field(
+        "off",
+        description="Client-level DP on phase 1: Flower's server-side fixed/adaptive clipping.",
+    )
+    client_dp_noise: float = Field(
+        1.0, gt=0.0, description="z: Gaussian noise multiplier of client-level DP."
+    )
+    client_dp_clip: float = Field(
+        0.1, gt=0.0, description="C: clipping norm of W_i - θ (adaptive: its initial value)."
+    )
+    client_dp_target_quantile: float = Field(
+        0.5, ge=0.0, le=1.0, description="Adaptive clipping: share of updates left unclipped."
+    )
+    client_dp_clip_lr: float = Field(
+        0.2, gt=0.0, description="Adaptive clipping: geometric learning rate of C."
+    )
 
 
 class PrivacyConfig(_Section):
@@ -162,6 +178,15 @@ class PrivacyConfig(_Section):
         True, description="Egress log keeps outgoing payload bytes (for the content audit)."
     )
     secagg: bool = Field(False, description="Phase 1 through Flower SecAgg+.")
+    secagg_num_shares: float = Field(
+        1.0, gt=0.0, le=1.0, description="SecAgg+ key shares, as a share of the round's clients."
+    )
+    secagg_threshold: float = Field(
+        0.67, gt=0.0, le=1.0, description="SecAgg+ shares needed to rebuild a key (fraction)."
+    )
+    secagg_clipping_range: float = Field(
+        1.0, gt=0.0, description="SecAgg+ quantizes each W_i - θ entry within ±this value."
+    )
 
 
 class FedpktConfig(_Section):
@@ -185,6 +210,11 @@ class FedpktConfig(_Section):
             raise ValueError(
                 f"phase1.min_clients={self.phase1.min_clients} must be <= "
                 f"phase1.clients_per_round={self.phase1.clients_per_round}"
+            )
+        if self.privacy.secagg and self.dp.client_dp != "off":
+            raise ValueError(
+                f"dp.client_dp='{self.dp.client_dp}' clips each client update on the server, "
+                "which privacy.secagg=true hides; use one of the two"
             )
         if self.eval.c_backend == "model" and not self.eval.nli_model:
             raise ValueError("eval.nli_model must name an NLI model when eval.c_backend='model'")

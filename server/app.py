@@ -32,6 +32,7 @@ from fedpkt.model.prefix import PrefixShape, stored_params
 from fedpkt.report import write_report
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from fedpkt.source import SourceTrainer, client_seed, initial_theta
+from server.secure import client_dp_section, phase1_hooks
 from server.strategy import ClientDirectory, ClientEntry, SourcePrefixStrategy, client_message
 
 Arrays = dict[str, np.ndarray]
@@ -138,19 +139,23 @@ def run_phase1(
         theta0, cfg.phase1, {e.client_id: e.num_examples for e in part_a}, cfg.seed
     )
     start_round = 0
+    resumed: dict = {}
     latest = SourceTrainer.latest_checkpoint(run.checkpoints)
     if latest is not None:
         if not settings.resume:
             raise FedpktError(
                 f"'{run.root}' already has phase-1 checkpoints; pass --resume to continue it"
             )
-        trainer.load(latest)
+        resumed = trainer.load(latest).get("last_event", {})
         start_round = trainer.round
         log(INFO, "resuming phase 1 after round %d", start_round)
     strategy = SourcePrefixStrategy(
         trainer, directory, config_to_toml(cfg), run, on_round=settings.on_event
     )
-    theta = strategy.start(grid, timeout=cfg.phase1.client_timeout_s, start_round=start_round)
+    hooks = phase1_hooks(strategy, cfg, len(part_a), resumed)  # DP / SecAgg+ wrappers
+    theta = strategy.start(
+        grid, timeout=cfg.phase1.client_timeout_s, start_round=start_round, hooks=hooks
+    )
     atomic_write_bytes(run.source_prefix, save_safetensors(theta))
     return theta
 
@@ -247,6 +252,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
             clients=rows,
             stored_params_pct=100.0 * stored_params(shape) / backbone_params,
             config=cfg.model_dump(mode="json"),
+            sections=client_dp_section(run.events("round")),
         )
     run.log_event(
         {"event": "done", "phases": settings.phases, "seconds": time.perf_counter() - started}

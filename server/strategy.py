@@ -96,6 +96,8 @@ class SourcePrefixStrategy(Strategy):
         self.failures: list[dict] = []
         self.train_loss = float("nan")
         self.epsilons: dict[str, float] = {}  # DP-SGD: ε of each client's last participation
+        # Extra round-event fields a wrapper fills in (client-level DP: noise, ε; SecAgg+).
+        self.round_info: dict[str, object] = {}
 
     def summary(self) -> None:
         log(
@@ -153,7 +155,30 @@ class SourcePrefixStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates: list[ClientUpdate] = []
+        updates = self.collect_updates(server_round, replies)
+        theta = self.trainer.apply([u for _, u in updates])
+        return to_array_record(theta), self.train_metrics([u for _, u in updates])
+
+    def train_metrics(self, updates: list[ClientUpdate]) -> MetricRecord:
+        """The round's train metrics; also keeps the mean loss for the round event."""
+        self.train_loss = float(np.mean([u.loss for u in updates]))
+        return MetricRecord(
+            {
+                "train-loss": self.train_loss,
+                "num-clients": len(updates),
+                "failures": len(self.failures),
+            }
+        )
+
+    def collect_updates(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> list[tuple[Message, ClientUpdate]]:
+        """The round's valid replies, each with its parsed update; the rest become failures.
+
+        Raises when fewer than ``min_clients`` are valid. Kept apart from the outer step so a
+        wrapper (client-level DP, ``server/secure.py``) can aggregate the same screened replies.
+        """
+        updates: list[tuple[Message, ClientUpdate]] = []
         seen: set[str] = set()
         for msg in replies:
             cid = self._reply_client(msg)
@@ -178,7 +203,7 @@ class SourcePrefixStrategy(Strategy):
             except (FedpktError, KeyError, ValueError, TypeError) as err:
                 self._fail(server_round, cid, f"rejected reply: {err}")
                 continue
-            updates.append(update)
+            updates.append((msg, update))
         for cid in self._sent:
             if cid not in seen:
                 self._fail(server_round, cid, "no reply before the timeout")
@@ -187,16 +212,7 @@ class SourcePrefixStrategy(Strategy):
                 f"round {server_round}: {len(updates)} valid replies, fewer than "
                 f"phase1.min_clients={self.cfg.min_clients}; resume with --resume after fixing"
             )
-        theta = self.trainer.apply(updates)
-        self.train_loss = float(np.mean([u.loss for u in updates]))
-        metrics = MetricRecord(
-            {
-                "train-loss": self.train_loss,
-                "num-clients": len(updates),
-                "failures": len(self.failures),
-            }
-        )
-        return to_array_record(theta), metrics
+        return updates
 
     def _fail(self, server_round: int, client_id: str, reason: str) -> None:
         log(WARNING, "round %d: client %s left out: %s", server_round, client_id, reason)
@@ -241,25 +257,34 @@ class SourcePrefixStrategy(Strategy):
 
     # -- the loop -----------------------------------------------------------------------------
     def start(  # type: ignore[override]
-        self, grid: Grid, timeout: float, start_round: int = 0
+        self, grid: Grid, timeout: float, start_round: int = 0, hooks: Strategy | None = None
     ) -> Arrays:
-        """Run rounds start_round+1..R, checkpointing after each; returns the final θ."""
-        self.summary()
+        """Run rounds start_round+1..R, checkpointing after each; returns the final θ.
+
+        ``hooks`` is the strategy whose four hooks the loop calls: this one, or a wrapper around
+        it (client-level DP, SecAgg+; see ``server/secure.py``) that ends in this strategy.
+        """
+        hooks = hooks or self
+        hooks.summary()
         result = Result()
         arrays = to_array_record(self.trainer.theta)
         for server_round in range(start_round + 1, self.cfg.rounds + 1):
             started = time.perf_counter()
+            self.round_info = {}
             replies = grid.send_and_receive(
-                messages=self.configure_train(server_round, arrays, ConfigRecord(), grid),
+                messages=hooks.configure_train(server_round, arrays, ConfigRecord(), grid),
                 timeout=timeout,
             )
             sampled = list(self._sent)
-            arrays, train_metrics = self.aggregate_train(server_round, replies)
+            arrays, train_metrics = hooks.aggregate_train(server_round, list(replies))
+            if arrays is None:  # a wrapper skipped aggregation: θ stays, the round still counts
+                arrays = to_array_record(self.trainer.theta)
+                self.trainer.round = server_round
             replies = grid.send_and_receive(
-                messages=self.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
+                messages=hooks.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
                 timeout=timeout,
             )
-            eval_metrics = self.aggregate_evaluate(server_round, replies)
+            eval_metrics = hooks.aggregate_evaluate(server_round, list(replies))
             failures = list(self.failures)
             result.train_metrics_clientapp[server_round] = train_metrics
             event = {
@@ -272,6 +297,7 @@ class SourcePrefixStrategy(Strategy):
                 "epsilon_max": max(self.epsilons.values()) if self.epsilons else None,
                 "failure_reasons": failures,
                 "seconds": time.perf_counter() - started,
+                **self.round_info,
             }
             # Checkpoint first: a round is logged only once it can be resumed from.
             self.trainer.save(self.run.checkpoints, extra={"last_event": event})

@@ -31,8 +31,10 @@ from fedpkt.privacy.audit import (
     ByteScanner,
     DataIndex,
     Finding,
+    ascii_runs,
     audit_run,
     generic_min_clients,
+    id_windows,
     load_model_config,
     load_tokenizer,
     words_of,
@@ -665,6 +667,27 @@ def test_byte_scanner_ignores_a_near_miss() -> None:
 def test_generic_threshold_is_a_tenth_of_clients_at_least_three() -> None:
     """max(3, ceil(0.1 n)): 14 -> 3, 60 -> 6, 1293 -> 130."""
     assert [generic_min_clients(n) for n in (14, 60, 1293)] == [3, 6, 130]
+
+
+def test_ascii_runs_keep_text_of_eight_or_more_printable_bytes() -> None:
+    """Offsets are byte offsets; the 2-byte run 'xy' is too short to hold a sentence."""
+    assert ascii_runs(b"\x00i speak korean\x01xy\xff") == [(1, "i speak korean")]
+
+
+def test_id_windows_of_several_sequences() -> None:
+    """[1..10] has 3 windows of 8; [5, 6] has none: rows 1-8, 2-9, 3-10, all from sequence 0."""
+    windows, owner = id_windows([np.arange(1, 11), np.array([5, 6])], 8)
+    assert windows.tolist() == [list(range(1, 9)), list(range(2, 10)), list(range(3, 11))]
+    assert owner.tolist() == [0, 0, 0]
+
+
+def test_index_of_other_data_is_refused(world: dict[str, Any], tmp_path: Path) -> None:
+    cfg = tiny_config(data__canaries=2)
+    other = create_run_dir(cfg, tmp_path / "other")
+    prepare_partitions(other.data, source="synthetic", scale="tiny", seed=0, canaries=2)
+    EgressLog(other).handshake("A-0000", "A", _manifest_count(world, "A-0000"))
+    with pytest.raises(FedpktError, match="audit index covers"):
+        audit_run(other.root, index=world["index"], model_config=world["model_config"])
 
 
 def test_words_ignore_case_and_punctuation() -> None:

@@ -98,7 +98,6 @@ def test_three_supernodes_run_both_phases_over_tls(tmp_path: Path) -> None:
         manifest = json.loads((run_dir / "data" / "manifest.json").read_text())["clients"]
         all_ids = {c["client_id"] for c in manifest}
         personal = {c["client_id"] for c in manifest if c["part"] in ("B", "C")}
-        assert {e["client_id"] for e in run.events("client")} == personal
 
         procs = _processes(run_dir)
         assert [p["name"] for p in procs] == ["superlink", *(f"supernode-{k}" for k in range(3))]
@@ -111,6 +110,8 @@ def test_three_supernodes_run_both_phases_over_tls(tmp_path: Path) -> None:
         for name in ("superlink", "supernode-0", "supernode-1", "supernode-2", "serverapp"):
             assert (run_dir / "logs" / f"{name}.log").is_file()
         assert any((run_dir / "egress").iterdir())
+        # Every Part B/C persona reports once, under its own id, though nodes serve several.
+        assert sorted(e["client_id"] for e in run.events("client")) == sorted(personal)
     finally:
         _assert_nothing_left(run_dir)
 

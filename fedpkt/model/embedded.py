@@ -4,14 +4,17 @@ PersonaPKT needs a *pretrained*, frozen causal LM: a prefix only steers what the
 already knows. This module builds one deterministically from a recipe: a byte-level BPE
 tokenizer and a ``GPT2LMHeadModel`` trained on the synthetic generator's *general* dialogues
 (personas disjoint from Parts A/B/C), laid out exactly as prefix training later presents them
-(``fedpkt.data.encoding``). The result is an ordinary Hugging Face directory, so the embedded
-backbone, a local directory and a hub id all load through the same ``from_pretrained`` path.
+(``fedpkt.data.encoding``): whole dialogues, plus single replies in the prefix-training form so
+the model learns that a reply may end with EOS. The result is an ordinary Hugging Face
+directory, so the embedded backbone, a local directory and a hub id all load through the same
+``from_pretrained`` path.
 
 The directory is cached under ``<cache>/backbones/embedded-<size>-<recipe fingerprint>``; the
 fingerprint hashes the recipe and :data:`EMBEDDED_CODE_VERSION`, so changing either builds a
 new directory instead of silently reusing a stale one.
 
 Read top to bottom: recipes, corpus, tokenizer, training batches, perplexities, the build.
+The default recipe builds in about two CPU-minutes (numbers: ``bench/backbone_build.py``).
 """
 
 from __future__ import annotations

@@ -29,9 +29,11 @@ questions separately.
      and config text is ASCII on the wire; those records are also JSON-decoded and scanned).
    - *token ids*: every 8-id window (:data:`TOKEN_WINDOW`) of the client's token sequences from
      the run's backbone tokenizer (its encoded training examples, whole rendered dialogues,
-     single utterances, persona sentences, canaries), with the same generic filter, searched
-     as 16-, 32- and 64-bit integers and as float16/32/64 values, in both byte orders, at every
-     byte offset; and as runs of integers inside JSON values (lists of numbers, digit runs).
+     single utterances, persona sentences, canaries), with the same generic filter on dialogue
+     windows and without windows of fewer than 3 distinct ids (those match constant arrays),
+     searched as 16-, 32- and 64-bit integers and as float16/32/64 values, in both byte
+     orders, at every byte offset; and as runs of integers inside JSON values (lists of
+     numbers, digit runs).
    - *canaries*: planted sentences (``data.canaries``) are searched as text and as token ids;
      a hit is a ``canary`` finding.
 
@@ -145,7 +147,7 @@ class Finding:
     ``log`` is ``<node>.jsonl:<line>``; ``record``/``key`` locate the bytes in the reply;
     ``source`` says which of the client's data matched (content findings), ``encoding`` how it
     was written (``utf-8 text``, ``int32-le``, ``json integers`` ...), ``matches`` how many
-    windows of that source matched in that record.
+    distinct windows of that source matched in that record, ``excerpt`` the first of them.
     """
 
     kind: FindingKind
@@ -1133,17 +1135,18 @@ class _Collector:
         self.hits: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def add(self, where: dict[str, Any], source: Source, encoding: str, excerpt: str) -> None:
+        """One matched window; the same window read twice (raw bytes and decoded JSON) counts
+        once."""
         key = (where.get("record"), where.get("key"), source.label, encoding)
-        if key in self.hits:
-            self.hits[key]["matches"] += 1
-        else:
+        if key not in self.hits:
             self.hits[key] = {
                 "where": where,
                 "source": source,
                 "encoding": encoding,
                 "excerpt": excerpt,
-                "matches": 1,
+                "windows": set(),
             }
+        self.hits[key]["windows"].add(excerpt)
 
     def findings(self, client: str) -> list[Finding]:
         out = []
@@ -1165,7 +1168,7 @@ class _Collector:
                     source=f"{client}: {source.label}",
                     encoding=hit["encoding"],
                     excerpt=_excerpt(hit["excerpt"]),
-                    matches=hit["matches"],
+                    matches=len(hit["windows"]),
                 )
             )
         return out
