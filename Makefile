@@ -16,17 +16,22 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/fedpkt backbone build
-	$(BIN)/fedpkt data stats --source synthetic --scale default
+	$(BIN)/fedpkt simulate
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The embedded default backbone is built once (cached) before the suite: e2e tests use it.
 test: setup lint
-	$(BIN)/fedpkt backbone build
+	$(BIN)/fedpkt backbone build --size tiny
+	$(BIN)/fedpkt backbone build --size default
 	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/backbone_build.py --size default
+	$(BIN)/python bench/phase1.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

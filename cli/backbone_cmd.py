@@ -40,7 +40,7 @@ def build(
     get_recipe(size)  # a bad size fails before any work
     path = ensure_embedded(size, force=force, progress=True)
     record = read_build_info(path) or {}
-    table = Table(title=f"embedded backbone ({size})", show_header=False)
+    table = _two_columns(f"embedded backbone ({size})")
     table.add_row("path", str(path))
     table.add_row("parameters", f"{record.get('num_params', 0):,}")
     table.add_row("build seconds", str(record.get("build_seconds", "?")))
@@ -73,7 +73,7 @@ def info(
 
 def _info_table(backbone: Backbone, report: PerplexityReport, dtype: str) -> Table:
     config = backbone.text_config
-    table = Table(title=f"backbone {backbone.name}", show_header=False)
+    table = _two_columns(f"backbone {backbone.name}")
     table.add_row("path", str(backbone.path))
     table.add_row("fingerprint", backbone.fingerprint)
     table.add_row("architecture", f"{config.model_type} ({type(backbone.model).__name__})")
@@ -91,6 +91,14 @@ def _info_table(backbone: Backbone, report: PerplexityReport, dtype: str) -> Tab
     )
     table.add_row("validation perplexity", f"{report.valid_perplexity:.2f}")
     table.add_row("unigram baseline perplexity", f"{report.unigram_perplexity:.2f}")
+    return table
+
+
+def _two_columns(title: str) -> Table:
+    """A label/value table whose values wrap instead of being cut (paths are long)."""
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     return table
 
 

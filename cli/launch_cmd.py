@@ -68,6 +68,13 @@ def launch_command(
         resume=resume,
     )
     validate_options(options)  # bad flags: one line, before any progress display or file
+    if options.join is not None:  # SuperNodes only: the progress shows on the SuperLink's side
+        try:
+            launch(cfg, options, run_dir, on_message=lambda text: console.print(text))
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted:[/] every process started was stopped")
+            raise typer.Exit(code=130) from None
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

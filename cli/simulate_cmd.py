@@ -44,6 +44,9 @@ def simulate_command(
     strategy: str | None = typer.Option(None, "--strategy", help="ppreptile, base, temperature."),
     rounds: int | None = typer.Option(None, "--rounds", help="Phase-1 rounds."),
     backbone: str | None = typer.Option(None, "--backbone", help="embedded, hub id or dir."),
+    secagg: bool | None = typer.Option(
+        None, "--secagg/--no-secagg", help="Phase 1 through Flower SecAgg+ (masked updates)."
+    ),
 ) -> None:
     """Run PersonaPKT federated: phase 1 (source prefix) and phase 2 (personalization)."""
     cfg = resolve_config(
@@ -54,6 +57,7 @@ def simulate_command(
             "phase1.strategy": strategy,
             "phase1.rounds": rounds,
             "backbone.name": backbone,
+            "privacy.secagg": secagg,
         },
     )
     from sim.simulate import simulate  # heavy (Flower, Ray): imported once the config is valid

@@ -38,5 +38,5 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o644) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON atomically (stable bytes for digests and diffs)."""
+    """Write ``obj`` as indented, key-sorted JSON atomically (stable bytes for digests)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode=mode)

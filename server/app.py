@@ -33,7 +33,13 @@ from fedpkt.report import write_report
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from fedpkt.source import SourceTrainer, client_seed, initial_theta
 from server.secure import client_dp_section, phase1_hooks
-from server.strategy import ClientDirectory, ClientEntry, SourcePrefixStrategy, client_message
+from server.strategy import (
+    ClientDirectory,
+    ClientEntry,
+    SourcePrefixStrategy,
+    client_message,
+    reply_client,
+)
 
 Arrays = dict[str, np.ndarray]
 PHASE2_METRICS = ("f1", "f1_2gram", "lcs_f1", "c_score")
@@ -199,10 +205,11 @@ def run_phase2(
         )
         for entry in targets
     ]
-    by_node = {e.node_id: e for e in targets}
+    sent = {entry.client_id: message for entry, message in zip(targets, messages, strict=True)}
+    by_id = {entry.client_id: entry for entry in targets}
     rows: list[dict[str, Any]] = []
     for reply in grid.send_and_receive(messages, timeout=cfg.phase1.client_timeout_s * 4):
-        entry = by_node.get(reply.metadata.src_node_id)
+        entry = by_id.get(reply_client(sent, reply))
         if entry is None:
             continue
         if reply.has_error():

@@ -75,6 +75,19 @@ def client_message(
     return Message(content=content, message_type=message_type, dst_node_id=entry.node_id)
 
 
+def reply_client(sent: dict[str, Message], reply: Message) -> str:
+    """Which client a reply answers for, by the id of the request it replies to.
+
+    Flower assigns each message its id when it is pushed, so ``sent`` holds the same Message
+    objects that went out. A reply to nothing we sent is named after its node.
+    """
+    wanted = reply.metadata.reply_to_message_id
+    for client_id, request in sent.items():
+        if request.metadata.message_id == wanted:
+            return client_id
+    return f"node-{reply.metadata.src_node_id}"
+
+
 class SourcePrefixStrategy(Strategy):
     """PPReptile / base / temperature source-prefix training over Part A clients."""
 
@@ -92,7 +105,9 @@ class SourcePrefixStrategy(Strategy):
         self.run = run
         self.on_round = on_round
         self.cfg = trainer.cfg
-        self._sent: dict[str, str] = {}  # message client ids of the current round
+        # client id -> the message sent to it this round. Replies are matched by message id,
+        # never by node: one SuperNode may serve several clients.
+        self._sent: dict[str, Message] = {}
         self.failures: list[dict] = []
         self.train_loss = float("nan")
         self.epsilons: dict[str, float] = {}  # DP-SGD: ε of each client's last participation
@@ -142,15 +157,12 @@ class SourcePrefixStrategy(Strategy):
                     self.directory.entries[cid], MessageType.TRAIN, {**common, **extra}, theta
                 )
             )
-        self._sent = {str(m.content["config"]["client-id"]): "" for m in messages}
+        self._sent = {str(m.content["config"]["client-id"]): m for m in messages}
         return messages
 
     def _reply_client(self, msg: Message) -> str:
-        node = msg.metadata.src_node_id
-        for cid in self._sent:
-            if self.directory.entries[cid].node_id == node:
-                return cid
-        return f"node-{node}"
+        """The client a reply answers for: the one its request was sent to."""
+        return reply_client(self._sent, msg)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -224,8 +236,7 @@ class SourcePrefixStrategy(Strategy):
     ) -> Iterable[Message]:
         theta = from_array_record(arrays)
         sampled = self.trainer.sample_eval()
-        self._sent = {cid: "" for cid in sampled}
-        return [
+        messages = [
             client_message(
                 self.directory.entries[cid],
                 MessageType.EVALUATE,
@@ -234,6 +245,8 @@ class SourcePrefixStrategy(Strategy):
             )
             for cid in sampled
         ]
+        self._sent = dict(zip(sampled, messages, strict=True))
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

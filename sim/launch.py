@@ -517,7 +517,7 @@ class LaunchOptions:
     phases: str = "all"
     resume: bool = False
     startup_timeout_s: float = 180.0
-    status_every_s: float = 15.0
+    status_every_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -661,11 +661,12 @@ class Launch:
         deadline = time.monotonic() + o.startup_timeout_s
         while not _port_open(o.host, port):
             if not link.running():
-                log_tail = last_line(link.log)
-                if "address already in use" in log_tail.lower():
+                text = link.log.read_text(encoding="utf-8", errors="replace").lower()
+                if "address already in use" in text:  # taken between our check and its bind
                     raise FedpktError(f"port {port} on {o.host} is in use (expected a free port)")
                 raise FedpktError(
-                    f"SuperLink exited with code {link.popen.returncode} while starting: {log_tail}"
+                    f"SuperLink exited with code {link.popen.returncode} while starting: "
+                    f"{last_line(link.log)}"
                 )
             if time.monotonic() > deadline:
                 raise FedpktError(
@@ -900,6 +901,11 @@ def launch(
     data_root = ensure_partitions(cfg, run)
     client_ids = [entry["client_id"] for entry in load_manifest(data_root)["clients"]]
     plans = plan_nodes(client_ids, options)
+    # Build (embedded) or resolve the backbone once here, so the SuperNodes' ClientApp
+    # processes only load it instead of racing to build it; a bad name fails before any start.
+    from fedpkt.model.backbone import backbone_path
+
+    backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False)
     session = Launch(cfg, run, options, on_event, on_message)
     session.prepare_tls()
     with _terminate_as_interrupt():

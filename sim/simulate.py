@@ -23,6 +23,29 @@ from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from server.app import ServerSettings, make_server_app
 
 
+class _DropDeprecationNotice(logging.Filter):
+    """`run_simulation` is the supported in-process API for an app with bound settings;
+    Flower's notice that it prefers `flwr run` is noise for fedpkt users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
+
+
+def quiet_runtime() -> None:
+    """Keep the terminal for fedpkt's progress: Flower warnings only, no weight-loading bars."""
+    import transformers
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, _DropDeprecationNotice) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_DropDeprecationNotice())
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def client_defaults(cfg: FedpktConfig, run: RunDir, data_root: Path) -> dict[str, object]:
     """Node settings every simulated SuperNode starts from."""
     return {
@@ -66,7 +89,7 @@ def simulate(
         on_event=on_event,
         min_nodes=num_clients,
     )
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_runtime()
     run_simulation(
         server_app=make_server_app(settings),
         client_app=make_client_app(client_defaults(cfg, run, data_root), client_mods),

@@ -19,7 +19,7 @@ TINY: dict[str, Any] = {
     "phase1.clients_per_round": 3,
     "phase1.min_clients": 1,
     "phase1.eval_clients": 3,
-    "phase1.client_timeout_s": 120.0,
+    "phase1.client_timeout_s": 300.0,
     "phase2.max_epochs": 3,
     "generation.num_beams": 2,
     "generation.max_new_tokens": 8,
@@ -44,3 +44,16 @@ def cli_sets(values: dict[str, Any]) -> list[str]:
 @pytest.fixture
 def tiny_cfg() -> FedpktConfig:
     return tiny_config()
+
+
+# Phase 2's learning effects need the real (default) embedded backbone; the corpus stays tiny.
+PHASE2_E2E: dict[str, Any] = {
+    "backbone__embedded_size": "default",
+    "prefix__num_virtual_tokens": 8,
+    "prefix__projection_hidden": 128,
+    "phase1__rounds": 12,
+    "phase1__clients_per_round": 4,
+    "phase2__max_epochs": 8,
+    "generation__num_beams": 5,
+    "generation__max_new_tokens": 24,
+}

@@ -96,7 +96,9 @@ class EgressLog:
         phase: str | None = None,
         round_num: int | None = None,
         error: str | None = None,
+        stage: str | None = None,
     ) -> None:
+        """One reply line; ``stage`` is the SecAgg+ stage the request asked for (if any)."""
         self.count += 1
         entry: dict[str, Any] = {
             "time": time.time(),
@@ -106,6 +108,7 @@ class EgressLog:
             "phase": phase,
             "round": round_num,
             "message_type": message_type,
+            "secagg_stage": stage,
             "error": error,
             "records": [],
             "payload": None,
@@ -191,10 +194,16 @@ def _client(world: dict[str, Any], client: str) -> ClientData:
 
 
 def _train_ids(world: dict[str, Any], client: str) -> list[int]:
-    """The token ids of the client's first training example, as the client encodes it."""
+    """The token ids of the client's last training example holding no canary (those are found
+    as canaries), as the client encodes it."""
     data = _client(world, client)
     cfg: FedpktConfig = world["cfg"]
-    examples = examples_from_dialogues(data.splits["train"], cfg.data.history_turns)
+    canaries = [c["text"] for c in data.meta.get("canaries", [])]
+    examples = [
+        ex
+        for ex in examples_from_dialogues(data.splits["train"], cfg.data.history_turns)
+        if not any(c in u.text for c in canaries for u in [*ex.history, ex.response])
+    ]
     encoded = encode_examples(examples, world["tokenizer"], cfg.data.max_length)
     return list(encoded[-1].input_ids)
 

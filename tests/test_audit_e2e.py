@@ -168,7 +168,7 @@ def test_cli_on_the_clean_run_exits_0_and_writes_the_verdict(clean: RunDir) -> N
 def test_dialogue_line_in_a_config_record_is_caught(leaky_source: AuditReport) -> None:
     found = _at(leaky_source, "leak-config")
     assert found and {f.kind for f in found} == {"text"}
-    assert all(f.source and "train dialogue" in f.source for f in found)
+    assert all(f.source and "dialogue" in f.source for f in found)
 
 
 def test_token_ids_in_an_extra_array_are_caught(leaky_source: AuditReport) -> None:

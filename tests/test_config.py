@@ -69,7 +69,7 @@ def test_bad_values_give_one_line_naming_the_key(overrides: list[str], named: st
 def test_malformed_toml_file_is_named(tmp_path: Path) -> None:
     file = tmp_path / "broken.toml"
     file.write_text("[phase1\nrounds = 3\n")
-    with pytest.raises(FedpktError, match="broken.toml"):
+    with pytest.raises(FedpktError, match=r"broken\.toml"):
         load_config(file)
 
 

@@ -45,11 +45,12 @@ REDUCED = {
 }
 
 
-def _command(run_dir: Path, *extra: str, **overrides: str) -> list[str]:
+def _command(run_dir: Path, *extra: str, supernodes: int = 3, **overrides: str) -> list[str]:
+    """The real CLI: ``python -m cli.main launch`` with the reduced config (dotted overrides)."""
     sets: list[str] = []
     for key, value in {**REDUCED, **overrides}.items():
-        sets += ["--set", f"{key.replace('__', '.')}={value}"]
-    cmd = [sys.executable, "-m", "cli.main", "launch", "--supernodes", "3"]
+        sets += ["--set", f"{key}={value}"]
+    cmd = [sys.executable, "-m", "cli.main", "launch", "--supernodes", str(supernodes)]
     return [*cmd, "--config", "embedded", "--run-dir", str(run_dir), *sets, *extra]
 
 
@@ -156,30 +157,76 @@ def test_killed_supernode_round_completes_with_the_others(tmp_path: Path) -> Non
         _assert_nothing_left(run_dir)
 
 
-def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
-    """SIGINT while ClientApps and the ServerApp run: exit 130, nothing left running."""
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        _command(run_dir, "--phase", "source", "--insecure"),
+def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) -> None:
+    """Two "machines" on one host: the head runs the SuperLink and 2 SuperNodes for shard 0/2
+    and waits for 3 nodes; a second launch joins 1 SuperNode for shard 1/2 over TLS with the
+    head's CA. Once the joined node has answered the handshake and phase 1 is under way,
+    SIGINT (Ctrl-C) to each launcher: both exit 130 and leave nothing running."""
+    head_dir, join_dir = tmp_path / "head", tmp_path / "join"
+    head_args = ["--phase", "source", "--shard", "0/2", "--wait-for-nodes", "3"]
+    head = subprocess.Popen(
+        _command(head_dir, *head_args, supernodes=2),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
-    logs = [run_dir / "logs" / f"supernode-{k}.log" for k in range(3)]
+    joined: subprocess.Popen | None = None
+    node_logs = [head_dir / "logs" / f"supernode-{k}.log" for k in range(2)]
     try:
-        _wait_until(lambda: any(_train_messages(log) for log in logs), 600, "a train message", proc)
-        assert launch_processes(run_dir)  # the federation is up
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 130, output[-3000:]
-        assert "interrupted" in output
-        assert all(p["exit_code"] is not None for p in _processes(run_dir))
+        _wait_until(
+            lambda: (
+                (head_dir / "launch" / "processes.json").is_file()
+                and len(_processes(head_dir)) == 3
+            ),
+            300,
+            "the head's SuperLink and SuperNodes",
+            head,
+        )
+        port = _processes(head_dir)[0]["port"]
+        ca = head_dir / "certs" / "ca.pem"
+        join_args = ["--join", f"127.0.0.1:{port}", "--ca-cert", str(ca), "--shard", "1/2"]
+        joined = subprocess.Popen(
+            _command(join_dir, *join_args, supernodes=1),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        join_log = join_dir / "logs" / "supernode-0.log"
+        _wait_until(
+            lambda: join_log.is_file() and "Sending: query message" in join_log.read_text(),
+            600,
+            "the joined SuperNode to answer the handshake",
+            joined,
+        )
+        _wait_until(
+            lambda: any(_train_messages(log) for log in [*node_logs, join_log]),
+            600,
+            "phase 1 to send a train message",
+            head,
+        )
+        served = {c for p in _processes(head_dir)[1:] for c in p["client_ids"]}
+        served_there = set(_processes(join_dir)[0]["client_ids"])
+        manifest = json.loads((head_dir / "data" / "manifest.json").read_text())["clients"]
+        assert served | served_there == {c["client_id"] for c in manifest}
+        assert not served & served_there
+        for proc in (head, joined):
+            proc.send_signal(signal.SIGINT)
+        for proc in (head, joined):
+            output, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 130, output[-3000:]
+            assert "interrupted" in output
+        assert all(p["exit_code"] is not None for p in _processes(head_dir))
+        assert all(p["exit_code"] is not None for p in _processes(join_dir))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        _assert_nothing_left(run_dir)
+        for proc in (head, joined):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        _assert_nothing_left(head_dir)
+        _assert_nothing_left(join_dir)
 
 
 def test_authenticated_node_connects_then_missing_nodes_stop_everything(tmp_path: Path) -> None:

@@ -44,9 +44,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunDir]:
     """PersonaPKT and the random-init control on the same reduced data and seeds."""
     root = tmp_path_factory.mktemp("phase2")
     pkt = simulate(tiny_config(**PHASE2_E2E), root / "pkt")
-    rand = simulate(
-        tiny_config(**PHASE2_E2E, phase2__init="random"), root / "rand", phases="all"
-    )
+    rand = simulate(tiny_config(**PHASE2_E2E, phase2__init="random"), root / "rand", phases="all")
     return {"pkt": pkt, "rand": rand}
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import Key
+from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.rdp import RDPAccountant
 from safetensors.numpy import load_file
 
@@ -48,7 +50,7 @@ def _rdp_gaussian_epsilon(z: float, rounds: int, delta: float) -> float:
 # ================================================================================ accounting
 def test_sample_rate_is_clients_per_round_over_part_a() -> None:
     """Uniform sampling of b_out = 3 of N = 12 Part A clients: q = 3/12 = 0.25."""
-    cfg = tiny_config(phase1__clients_per_round=3).phase1
+    cfg = tiny_config(phase1__sampling="uniform", phase1__clients_per_round=3).phase1
     assert dp_sample_rate(cfg, 12) == pytest.approx(0.25)
 
 
@@ -86,6 +88,13 @@ def _dp_strategy(tmp_path: Path, cfg: FedpktConfig) -> tuple[SourcePrefixStrateg
     return SourcePrefixStrategy(trainer, directory, "", RunDir(tmp_path)), directory
 
 
+@pytest.fixture
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages are stamped with the run and task a ServerApp runs as; outside a run, fake one."""
+    for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+
 def _dp_round(
     tmp_path: Path, replies_w: dict[str, list[float]], resumed: dict | None = None
 ) -> tuple[SourcePrefixStrategy, np.ndarray]:
@@ -119,6 +128,7 @@ def _dp_round(
     return source, arrays["w"].numpy()
 
 
+@pytest.mark.usefixtures("server_identity")
 def test_dp_mean_clips_each_update_then_averages(tmp_path: Path) -> None:
     """C = 1: W_a − θ = [3, 4] (norm 5) is scaled to [0.6, 0.8]; b = [0.3, 0.4] and
     c = [0, −0.5] (norms 0.5) pass. W̃ = ([0.6, 0.8] + [0.3, 0.4] + [0, −0.5]) / 3
@@ -127,6 +137,7 @@ def test_dp_mean_clips_each_update_then_averages(tmp_path: Path) -> None:
     np.testing.assert_allclose(theta, [0.3, 0.7 / 3], atol=1e-4)
 
 
+@pytest.mark.usefixtures("server_identity")
 def test_dp_mean_divides_by_the_sampled_count_when_a_client_drops(tmp_path: Path) -> None:
     """c drops: W̃ = ([0.6, 0.8] + [0.3, 0.4]) / 3 (m = 3 sampled, not 2 replied) = [0.3, 0.4],
     so one client still moves the mean by at most C/m."""
@@ -134,6 +145,7 @@ def test_dp_mean_divides_by_the_sampled_count_when_a_client_drops(tmp_path: Path
     np.testing.assert_allclose(theta, [0.3, 0.4], atol=1e-4)
 
 
+@pytest.mark.usefixtures("server_identity")
 def test_dp_round_reports_noise_and_epsilon_in_the_round_info(tmp_path: Path) -> None:
     source, _ = _dp_round(tmp_path, {"a": [3, 4], "b": [0.3, 0.4], "c": [0, -0.5]})
     info = source.round_info
@@ -143,6 +155,7 @@ def test_dp_round_reports_noise_and_epsilon_in_the_round_info(tmp_path: Path) ->
     assert info["dp_epsilon"] == client_dp_epsilon(1e-6, 1.0, 1, DELTA)
 
 
+@pytest.mark.usefixtures("server_identity")
 def test_resumed_dp_run_keeps_counting_releases(tmp_path: Path) -> None:
     """Resumed after 2 released rounds, one more round makes 3 (ε of 3 rounds)."""
     source, _ = _dp_round(tmp_path, {"a": [0.1, 0], "b": [0, 0.1]}, resumed={"dp_releases": 2})
@@ -258,5 +271,5 @@ def test_secagg_train_replies_carry_no_prefix_arrays(
     ]
     assert len(train) == 3 * 4  # 3 clients × the 4 SecAgg+ stages
     assert not [r for e in train for r in e["records"] if r["kind"] == "array"]
-    masked = [r for e in train for r in e["records"] if r["key"] == "masked_parameters"]
+    masked = [r for e in train for r in e["records"] if r["key"] == Key.MASKED_PARAMETERS]
     assert len(masked) == 3

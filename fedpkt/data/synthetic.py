@@ -89,7 +89,7 @@ PERSONA_CLOSINGS = (
 )
 
 # Bump when the generated text changes, so caches built from it (the embedded backbone) rebuild.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 EXCHANGES = (5, 8)
 FACTS_PER_PERSONA = (3, 5)
 
@@ -243,7 +243,9 @@ def generate_dialogue(rng: random.Random, persona: Persona, dialogue_id: str) ->
             if partner_facts and rng.random() < 0.5:
                 parts.append(_fact_sentence(rng, partner_facts.pop()))
             if rng.random() < (0.4 if greeted else 0.85):
-                asked = unasked.pop() if unasked and rng.random() < 0.6 else rng.choice(SLOTS)
+                # Mostly about the persona's own slots, as PERSONA-CHAT partners probe what the
+                # persona volunteers; a question it cannot answer gets a "not sure" reply.
+                asked = unasked.pop() if unasked and rng.random() < 0.85 else rng.choice(SLOTS)
                 parts.append(rng.choice(asked.questions))
             if not parts:
                 parts.append(rng.choice(CHITCHAT))

@@ -71,6 +71,8 @@ class EmbeddedRecipe:
     prefix-training layout with ``history_turns`` turns of history (:func:`reply_examples`).
     Training samples ``batch_size`` windows of ``seq_len + 1`` tokens per step from the packed
     token stream, each starting at the beginning of a turn (as a prefix-training prompt does).
+    ``vocab_size`` is the BPE trainer's ceiling: it stops early once no pair of tokens occurs
+    twice (on the synthetic corpus, whose vocabulary is small, "default" ends near 1600).
     ``threads`` fixes torch's intra-op thread count during the build: float reductions depend
     on it, so pinning it makes the bytes (and the fingerprint) independent of the core count.
     """
@@ -141,7 +143,7 @@ RECIPES: dict[str, EmbeddedRecipe] = {
         history_turns=3,
         corpus_seed=1001,
         valid_seed=2002,
-        steps=700,
+        steps=550,
         batch_size=8,
         seq_len=128,
         lr=3e-3,
@@ -281,7 +283,9 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> li
 # ------------------------------------------------------------------------ training batches
 
 
-def pack_stream(sequences: Sequence[Sequence[int]], boundary_ids: Sequence[int]) -> tuple:
+def pack_stream(
+    sequences: Sequence[Sequence[int]], boundary_ids: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate sequences into one stream and list where turns start.
 
     Returns ``(stream, starts)``: ``stream`` (N,) int64; ``starts`` (S,) int64, the positions
