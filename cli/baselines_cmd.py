@@ -7,8 +7,14 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.common import ConfigOption, SetOption, console, exits_cleanly, resolve_config
-from cli.simulate_cmd import _results_table
+from cli.common import (
+    ConfigOption,
+    SetOption,
+    console,
+    exits_cleanly,
+    resolve_config,
+    results_table,
+)
 from fedpkt.baselines import SETTING_KEYS, select_settings
 
 
@@ -56,4 +62,4 @@ def baselines_command(
 
         run = run_baselines(cfg, run_dir, only=only, on_event=on_event)
     console.print(f"run directory: [bold]{run.root}[/]")
-    console.print(_results_table(run.root))
+    console.print(results_table(run.root))

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from fedpkt.config import FedpktConfig, load_config
 from fedpkt.errors import FedpktError
@@ -53,3 +54,24 @@ def resolve_config(
     """
     values = {key: value for key, value in (flags or {}).items() if value is not None}
     return load_config(config or DEFAULT_PRESET, overrides, values)
+
+
+def results_table(run_dir: Path) -> Table:
+    """The run's results.json rows as a rich table (F1s x100, as in the paper)."""
+    from fedpkt.report import read_results
+
+    table = Table(title=f"results ({run_dir})")
+    for column in ("method", "part", "F1", "2-gram F1", "LCS F1", "C", "personas", "stored %"):
+        table.add_column(column)
+    for row in read_results(run_dir).rows:
+        table.add_row(
+            row.method,
+            row.part,
+            f"{100 * row.f1:.2f}",
+            f"{100 * row.f1_2gram:.2f}",
+            f"{100 * row.lcs_f1:.2f}",
+            f"{row.c_score:.3f}",
+            str(row.n_personas),
+            f"{row.stored_params_pct:.4f}",
+        )
+    return table

@@ -7,8 +7,15 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.common import ConfigOption, SetOption, console, err_console, exits_cleanly, resolve_config
-from cli.simulate_cmd import _results_table
+from cli.common import (
+    ConfigOption,
+    SetOption,
+    console,
+    err_console,
+    exits_cleanly,
+    resolve_config,
+    results_table,
+)
 
 
 @exits_cleanly
@@ -112,5 +119,5 @@ def launch_command(
             raise typer.Exit(code=130) from None
     console.print(f"run directory: [bold]{run.root}[/]")
     if (run.root / "results.json").is_file():
-        console.print(_results_table(run.root))
+        console.print(results_table(run.root))
         console.print(f"report: {run.root / 'report.md'}")

@@ -9,6 +9,7 @@ from cli.audit_cmd import audit_command
 from cli.baselines_cmd import baselines_command
 from cli.compare_cmd import compare_command
 from cli.launch_cmd import launch_command
+from cli.personal_cmd import chat_command, export_command
 
 app = typer.Typer(
     name="fedpkt",
@@ -24,6 +25,8 @@ app.command("launch")(launch_command)
 app.command("audit")(audit_command)
 app.command("baselines")(baselines_command)
 app.command("compare")(compare_command)
+app.command("chat")(chat_command)
+app.command("export")(export_command)
 
 
 def main() -> None:

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from cli.common import ConfigOption, SetOption, console, exits_cleanly, resolve_config
-
-
-def _results_table(run_dir: Path) -> Table:
-    rows = json.loads((run_dir / "results.json").read_text())["rows"]
-    table = Table(title=f"results ({run_dir})")
-    for column in ("method", "part", "F1", "2-gram F1", "LCS F1", "C", "personas", "stored %"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["method"],
-            row["part"],
-            f"{100 * row['f1']:.2f}",
-            f"{100 * row['f1_2gram']:.2f}",
-            f"{100 * row['lcs_f1']:.2f}",
-            f"{row['c_score']:.3f}",
-            str(row["n_personas"]),
-            f"{row['stored_params_pct']:.4f}",
-        )
-    return table
+from cli.common import (
+    ConfigOption,
+    SetOption,
+    console,
+    exits_cleanly,
+    resolve_config,
+    results_table,
+)
 
 
 @exits_cleanly
@@ -84,5 +70,5 @@ def simulate_command(
         run = simulate(cfg, run_dir, phases=phase, resume=resume, on_event=on_event)
     console.print(f"run directory: [bold]{run.root}[/]")
     if (run.root / "results.json").is_file():
-        console.print(_results_table(run.root))
+        console.print(results_table(run.root))
         console.print(f"report: {run.root / 'report.md'}")

@@ -40,9 +40,8 @@ from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer, make_scorer
 from fedpkt.local import LocalClient, metrics_only
 from fedpkt.model.backbone import load_backbone
+from fedpkt.personal import PERSONALIZED_ENTRY
 from fedpkt.privacy.vault import Vault
-
-PHASE2_VAULT_NAME = "personalized"
 
 
 @dataclass(frozen=True)
@@ -242,7 +241,7 @@ def make_client_app(
         )
         vault = Vault(resolved.vault_root / request.client_id, request.client_id)
         vault.store(
-            PHASE2_VAULT_NAME,
+            PERSONALIZED_ENTRY,
             {"prefix": result.folded.detach().cpu()},
             backbone_fingerprint=client.backbone.fingerprint,
         )

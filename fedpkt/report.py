@@ -619,3 +619,16 @@ def write_report(
         report_md=report,
         plots=paths,
     )
+
+
+def append_section(run_dir: str | Path, title: str, body: str) -> Path:
+    """Add a ``## title`` section to an existing ``report.md`` (atomic rewrite).
+
+    For measurements made after the server wrote the report, e.g. canary exposure, which only
+    the experimenter (who planted the canaries) can compute.
+    """
+    path = Path(run_dir) / "report.md"
+    if not path.is_file():
+        raise FedpktError(f"'{run_dir}' has no report.md to add the section '{title}' to")
+    text = path.read_text(encoding="utf-8").rstrip("\n")
+    return atomic_write_text(path, f"{text}\n\n## {title}\n\n{body.strip()}\n")

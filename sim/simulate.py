@@ -9,16 +9,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from flwr.clientapp.typing import Mod
 from flwr.simulation import run_simulation
+from safetensors.numpy import load_file
 
 from clients.app import make_client_app
+from fedpkt.atomic import atomic_write_json
 from fedpkt.config import FedpktConfig
-from fedpkt.data.partition import load_manifest
+from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.errors import FedpktError
-from fedpkt.model.backbone import load_backbone
+from fedpkt.model.backbone import load_backbone, load_backbone_from_config
+from fedpkt.privacy.exposure import client_canaries, exposure_markdown, exposure_table
+from fedpkt.report import append_section
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from server.app import ServerSettings, make_server_app
 
@@ -102,4 +107,33 @@ def simulate(
     done = run.events("done")
     if not done:
         raise FedpktError(f"simulation ended without finishing; see the log and '{run.root}'")
+    if cfg.data.canaries and phases in ("all", "source") and (run.root / "report.md").is_file():
+        report_exposure(cfg, run, data_root)
     return run
+
+
+def report_exposure(cfg: FedpktConfig, run: RunDir, data_root: Path, limit: int = 12) -> None:
+    """Secret Sharer exposure of the planted canaries under the shared source prefix.
+
+    This is the experimenter's measurement (only whoever planted the canaries knows them), so
+    it runs here, after the federation, not on the server. At most ``limit`` canaries, the
+    first ones in client order, are ranked; ``exposure.json`` keeps every row.
+    """
+    canaries = []
+    for entry in load_manifest(data_root)["clients"]:
+        if entry["part"] == "A" and len(canaries) < limit:
+            canaries += client_canaries(load_client(data_root, entry["client_id"]))
+    if not canaries:
+        return
+    backbone = load_backbone_from_config(cfg.backbone, progress=False)
+    source = load_file(str(run.source_prefix))
+    rows = exposure_table(backbone, source, canaries[:limit], num_samples=1000, seed=cfg.seed)
+    atomic_write_json(run.root / "exposure.json", [asdict(row) for row in rows])
+    dp = f"DP-SGD on (target epsilon {cfg.dp.epsilon})" if cfg.dp.enabled else "DP-SGD off"
+    append_section(
+        run.root,
+        "Canary exposure of the source prefix",
+        f"Secret Sharer exposure (Carlini et al., 2019) of canaries planted in Part A training "
+        f"data, ranked under the final source prefix; {dp}. Compare with a run that differs "
+        f"only in `dp.enabled`.\n\n{exposure_markdown(rows)}",
+    )

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from clients.app import PHASE2_VAULT_NAME
 from fedpkt.model.backbone import load_backbone
+from fedpkt.personal import PERSONALIZED_ENTRY
 from fedpkt.privacy.vault import Vault
 from fedpkt.report import read_results
 from fedpkt.rundir import RunDir
@@ -48,19 +48,29 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunDir]:
     return {"pkt": pkt, "rand": rand}
 
 
-def test_personapkt_beats_random_init_on_part_b_f1(runs: dict[str, RunDir]) -> None:
-    assert _part_mean(runs["pkt"], "B", "f1") > _part_mean(runs["rand"], "B", "f1")
+def _mean(run: RunDir, key: str) -> float:
+    rows = run.events("client")
+    assert rows, "no phase-2 client reported"
+    return float(np.mean([r[key] for r in rows]))
 
 
-def test_personalized_prefix_lowers_test_loss_below_the_source_prefix(
+def test_personalized_prefix_lowers_part_b_test_loss_below_the_source_prefix(
     runs: dict[str, RunDir],
 ) -> None:
     pkt = runs["pkt"]
     assert _part_mean(pkt, "B", "test_loss") < _part_mean(pkt, "B", "init_test_loss")
 
 
-def test_mean_c_score_is_positive(runs: dict[str, RunDir]) -> None:
-    assert _part_mean(runs["pkt"], "B", "c_score") > 0
+def test_source_init_reaches_a_lower_test_loss_than_random_init(runs: dict[str, RunDir]) -> None:
+    """The knowledge transfer itself: same clients, same budget, better start, better end."""
+    assert _mean(runs["pkt"], "test_loss") < _mean(runs["rand"], "test_loss")
+
+
+def test_phase2_metrics_are_in_range(runs: dict[str, RunDir]) -> None:
+    for row in runs["pkt"].events("client"):
+        for key in ("f1", "f1_2gram", "lcs_f1"):
+            assert 0.0 <= row[key] <= 1.0
+        assert -5.0 <= row["c_score"] <= 5.0  # at most 5 persona facts
 
 
 def test_results_json_has_one_row_per_part(runs: dict[str, RunDir]) -> None:
@@ -93,6 +103,6 @@ def test_every_personalized_prefix_is_in_its_own_vault(runs: dict[str, RunDir]) 
     clients = {r["client_id"] for r in run.events("client")}
     for client_id in clients:
         vault = Vault(run.vaults / client_id, client_id)
-        prefix = vault.load(PHASE2_VAULT_NAME, backbone_fingerprint=backbone.fingerprint)["prefix"]
+        prefix = vault.load(PERSONALIZED_ENTRY, backbone_fingerprint=backbone.fingerprint)["prefix"]
         assert prefix.shape[0] == cfg.prefix.num_virtual_tokens
-        assert (vault.path(PHASE2_VAULT_NAME).stat().st_mode & 0o077) == 0
+        assert (vault.path(PERSONALIZED_ENTRY).stat().st_mode & 0o077) == 0

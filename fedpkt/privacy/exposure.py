@@ -182,10 +182,21 @@ def log_perplexities(
     context_ids = _ids(tokenizer, context)
     if not context_ids:
         raise FedpktError("canary context encodes to zero tokens; expected at least one")
+    encoded = [_ids(tokenizer, s) for s in sentences]
+    # Keep the most recent context that fits the model's positions behind the prefix.
+    positions = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", None
+    )
+    if positions:
+        used = (0 if states is None else int(states.shape[-2])) + max(map(len, encoded), default=0)
+        room = int(positions) - used
+        if room < 1:
+            raise FedpktError(f"canary sentences need {used} positions; the model has {positions}")
+        context_ids = context_ids[-room:]
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(sentences), batch_size):
-            chunk = [_ids(tokenizer, s) for s in sentences[start : start + batch_size]]
+            chunk = encoded[start : start + batch_size]
             width = len(context_ids) + max(len(ids) for ids in chunk)
             input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
             mask = torch.zeros_like(input_ids)

@@ -1,0 +1,112 @@
+"""Using one client's personalized prefix on its own device: open it, chat with it, export it.
+
+Everything here runs where the client's vault is: the prefix is decrypted with the client's own
+secret (``vault/secret.key`` or ``FEDPKT_CLIENT_SECRET_<ID>``) and never written in plaintext,
+except on purpose by ``export`` (a PEFT adapter for use outside fedpkt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fedpkt.data.encoding import render_history
+from fedpkt.data.schema import Utterance
+from fedpkt.errors import FedpktError
+from fedpkt.model.backbone import Backbone, load_backbone_from_config
+from fedpkt.model.export import export_peft_adapter
+from fedpkt.model.generate import generate_replies
+from fedpkt.model.prefix import PrefixShape, prefix_shape_for
+from fedpkt.privacy.vault import Vault
+from fedpkt.rundir import RunDir
+
+# The vault entry phase 2 writes (clients/app.py stores under this name).
+PERSONALIZED_ENTRY = "personalized"
+
+
+@dataclass
+class PersonalPrefix:
+    """A decrypted personalized prefix with the backbone it belongs to."""
+
+    client_id: str
+    folded: torch.Tensor  # (m, width)
+    shape: PrefixShape
+    backbone: Backbone
+
+
+def open_personal_prefix(run_dir: str | Path, client_id: str) -> PersonalPrefix:
+    """Decrypt ``client_id``'s prefix from its vault in ``run_dir`` (checks the backbone)."""
+    run = RunDir(Path(run_dir))
+    cfg = run.config()
+    folder = run.vaults / client_id
+    if not folder.is_dir():
+        raise FedpktError(f"run '{run.root}' has no vault for persona '{client_id}'")
+    backbone = load_backbone_from_config(cfg.backbone, progress=False)
+    tensors = Vault(folder, client_id).load(
+        PERSONALIZED_ENTRY, backbone_fingerprint=backbone.fingerprint
+    )
+    folded = torch.from_numpy(tensors["prefix"]).to(backbone.device)
+    shape = prefix_shape_for(backbone.model.config, int(folded.shape[0]))
+    if tuple(folded.shape) != (shape.num_virtual_tokens, shape.width):
+        raise FedpktError(
+            f"vault prefix of '{client_id}' has shape {tuple(folded.shape)}; expected "
+            f"({shape.num_virtual_tokens}, {shape.width}) for this backbone"
+        )
+    return PersonalPrefix(client_id, folded, shape, backbone)
+
+
+def export_personal_prefix(run_dir: str | Path, client_id: str, out_dir: str | Path) -> Path:
+    """Write the persona's prefix as a PEFT prefix-tuning adapter directory."""
+    personal = open_personal_prefix(run_dir, client_id)
+    return export_peft_adapter(
+        personal.folded, personal.shape, str(personal.backbone.path), out_dir
+    )
+
+
+@dataclass
+class ChatSession:
+    """A conversation with one personalized prefix: the user is the partner, it the persona."""
+
+    personal: PersonalPrefix
+    history_turns: int
+    max_length: int
+    num_beams: int = 5
+    max_new_tokens: int = 24
+    no_repeat_ngram_size: int = 3
+    history: list[Utterance] = field(default_factory=list)
+
+    def reply(self, text: str) -> str:
+        """Answer one partner line, keeping the dialogue history window the model was trained on."""
+        self.history.append(Utterance("partner", text.strip()))
+        prompt = render_history(self.history[-self.history_turns :])
+        backbone = self.personal.backbone
+        (answer,) = generate_replies(
+            backbone.model,
+            backbone.tokenizer,
+            self.personal.folded,
+            [prompt],
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_new_tokens,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            max_length=self.max_length,
+        )
+        self.history.append(Utterance("persona", answer))
+        return answer
+
+    def reset(self) -> None:
+        self.history.clear()
+
+
+def chat_session(run_dir: str | Path, client_id: str) -> ChatSession:
+    """A chat session with the run's generation settings."""
+    cfg = RunDir(Path(run_dir)).config()
+    return ChatSession(
+        personal=open_personal_prefix(run_dir, client_id),
+        history_turns=cfg.data.history_turns,
+        max_length=cfg.data.max_length,
+        num_beams=cfg.generation.num_beams,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
+    )
