@@ -163,36 +163,22 @@ class LocalClient:
         model = self.backbone.model
         init_test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
         epsilon: float | None = None
-        if self.cfg.dp.enabled:
-            private = train_prefix_dp(
-                self.backbone,
-                prefix,
-                self.encoded["train"],
-                self.encoded["valid"],
-                self.cfg.dp,
-                lr=phase2.lr,
-                batch_size=phase2.batch_size,
-                max_epochs=phase2.max_epochs,
-                patience=phase2.patience,
-                warmup_ratio=phase2.warmup_ratio,
-                weight_decay=phase2.weight_decay,
-                seed=seed,
-            )
+        train, valid = self.encoded["train"], self.encoded["valid"]
+        schedule = {
+            "lr": phase2.lr,
+            "batch_size": phase2.batch_size,
+            "max_epochs": phase2.max_epochs,
+            "patience": phase2.patience,
+            "warmup_ratio": phase2.warmup_ratio,
+            "weight_decay": phase2.weight_decay,
+            "seed": seed,
+        }
+        if self.cfg.dp.enabled:  # per-example clipping replaces global clipping
+            private = train_prefix_dp(self.backbone, prefix, train, valid, self.cfg.dp, **schedule)
             trained, epsilon = private.result, private.epsilon
         else:
             trained = train_prefix(
-                self.backbone,
-                prefix,
-                self.encoded["train"],
-                self.encoded["valid"],
-                lr=phase2.lr,
-                batch_size=phase2.batch_size,
-                max_epochs=phase2.max_epochs,
-                patience=phase2.patience,
-                warmup_ratio=phase2.warmup_ratio,
-                weight_decay=phase2.weight_decay,
-                max_grad_norm=phase2.max_grad_norm,
-                seed=seed,
+                self.backbone, prefix, train, valid, max_grad_norm=phase2.max_grad_norm, **schedule
             )
         test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
         folded = prefix.fold()
@@ -239,8 +225,30 @@ class LocalClient:
         )
 
 
+# The only names a phase-2 reply may carry (the privacy contract; `fedpkt audit` checks it).
+PHASE2_METRICS = frozenset(
+    {
+        "f1",
+        "f1_2gram",
+        "lcs_f1",
+        "c_score",
+        "test_loss",
+        "init_test_loss",
+        "n_test_responses",
+        "n_train_dialogues",
+        "epochs",
+        "best_epoch",
+        "seconds",
+        "epsilon",
+    }
+)
+
+
 def metrics_only(metrics: dict[str, Any]) -> dict[str, float]:
-    """The allowed phase-2 reply: finite float scalars only (anything else is dropped loudly)."""
+    """The allowed phase-2 reply: known names, finite float scalars; anything else is an error."""
+    unknown = sorted(set(metrics) - PHASE2_METRICS)
+    if unknown:
+        raise ValueError(f"phase-2 metrics {unknown} are not in the privacy contract")
     clean: dict[str, float] = {}
     for key, value in metrics.items():
         number = float(value)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from fedpkt.local import PHASE2_METRICS
 from fedpkt.model.backbone import load_backbone
 from fedpkt.personal import PERSONALIZED_ENTRY
 from fedpkt.privacy.vault import Vault
@@ -16,21 +17,6 @@ from sim.simulate import simulate
 from tests.conftest import PHASE2_E2E, tiny_config
 
 pytestmark = pytest.mark.e2e
-
-ALLOWED_PHASE2_KEYS = {
-    "f1",
-    "f1_2gram",
-    "lcs_f1",
-    "c_score",
-    "test_loss",
-    "init_test_loss",
-    "n_test_responses",
-    "n_train_dialogues",
-    "epochs",
-    "best_epoch",
-    "seconds",
-    "epsilon",
-}
 
 
 def _part_mean(run: RunDir, part: str, key: str) -> float:
@@ -92,7 +78,7 @@ def test_phase2_replies_hold_only_allowed_metric_scalars(runs: dict[str, RunDir]
         assert entry["error"] is None
         for record in entry["records"]:
             assert record["kind"] == "metric", record
-            assert record["key"] in ALLOWED_PHASE2_KEYS, record["key"]
+            assert record["key"] in PHASE2_METRICS, record["key"]
             assert isinstance(record["value"], float)
 
 

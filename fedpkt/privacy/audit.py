@@ -87,6 +87,7 @@ from fedpkt.data.examples import examples_from_dialogues
 from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.data.schema import ClientData
 from fedpkt.errors import FedpktError
+from fedpkt.local import PHASE2_METRICS
 from fedpkt.rundir import RunDir
 
 TEXT_NGRAM = 8
@@ -106,23 +107,6 @@ PHASE1_TRAIN_METRICS = frozenset({"num-examples", "train-loss"})
 DP_METRICS = frozenset({"epsilon"})
 """Optional in a phase-1 train reply: the client's privacy budget spent so far (DP-SGD)."""
 PHASE1_EVAL_METRICS = frozenset({"num-examples", "val-loss"})
-PHASE2_METRICS = frozenset(
-    {
-        "f1",
-        "f1_2gram",
-        "lcs_f1",
-        "c_score",
-        "test_loss",
-        "init_test_loss",
-        "n_test_responses",
-        "n_train_dialogues",
-        "epochs",
-        "best_epoch",
-        "seconds",
-        "epsilon",
-    }
-)
-"""The metric scalars a phase-2 client may report (``clients/app.py``, plus DP's epsilon)."""
 SECAGG_CONFIGS = "secaggplus_configs"
 SECAGG_STAGES: dict[str, frozenset[str]] = {
     "setup": frozenset({"pk1", "pk2"}),
