@@ -29,8 +29,15 @@ def _theta(run: RunDir) -> dict[str, np.ndarray]:
 
 
 def test_federated_validation_loss_falls_over_rounds(tmp_path: Path) -> None:
-    """>= 20 Part A clients (default corpus scale), tiny backbone: val loss round 1 > last."""
-    cfg = tiny_config(data__scale="default", phase1__rounds=4, phase1__clients_per_round=4)
+    """The embedded default backbone and corpus (>= 20 Part A clients): val loss falls."""
+    cfg = tiny_config(
+        backbone__embedded_size="default",
+        data__scale="default",
+        prefix__num_virtual_tokens=8,
+        prefix__projection_hidden=128,
+        phase1__rounds=4,
+        phase1__clients_per_round=4,
+    )
     run = simulate(cfg, tmp_path / "run", phases="source")
     rounds = run.events("round")
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
