@@ -51,6 +51,18 @@ def quiet_runtime() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def method_name(cfg: FedpktConfig) -> str:
+    """How results rows name this run: federated, plus the privacy mechanisms that were on."""
+    extras = []
+    if cfg.dp.enabled:
+        extras.append(f"DP-SGD eps={cfg.dp.epsilon:g}")
+    if cfg.dp.client_dp != "off":
+        extras.append(f"client-level DP ({cfg.dp.client_dp})")
+    if cfg.privacy.secagg:
+        extras.append("SecAgg+")
+    return "PersonaPKT (" + ", ".join(["federated", *extras]) + ")"
+
+
 def client_defaults(cfg: FedpktConfig, run: RunDir, data_root: Path) -> dict[str, object]:
     """Node settings every simulated SuperNode starts from."""
     return {
@@ -67,7 +79,7 @@ def simulate(
     *,
     phases: str = "all",
     resume: bool = False,
-    method: str = "PersonaPKT (federated)",
+    method: str | None = None,
     on_event: Callable[[dict], None] | None = None,
     num_workers: int | None = None,
     client_mods: list[Mod] | None = None,
@@ -90,7 +102,7 @@ def simulate(
         run_dir=run.root,
         phases=phases,
         resume=resume,
-        method=method,
+        method=method or method_name(cfg),
         on_event=on_event,
         min_nodes=num_clients,
     )
