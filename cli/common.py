@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedpkt.config import FedpktConfig, load_config
@@ -75,3 +77,38 @@ def results_table(run_dir: Path) -> Table:
             f"{row.stored_params_pct:.4f}",
         )
     return table
+
+
+@contextlib.contextmanager
+def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]]]:
+    """A progress display for a federated run and the event callback that drives it.
+
+    The callback takes the events the server logs to ``metrics.jsonl``: a ``round`` advances
+    phase 1, a ``client`` advances phase 2, a ``client_failed`` is printed.
+    """
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with progress:
+        rounds_task = progress.add_task("phase 1 rounds", total=rounds, info="")
+        clients_task = progress.add_task("phase 2 clients", total=None, info="")
+
+        def on_event(event: dict) -> None:
+            kind = event.get("event")
+            if kind == "round":
+                val = event.get("val_loss")
+                info = f"train {event['train_loss']:.3f}" + (f" val {val:.3f}" if val else "")
+                if event.get("failures"):
+                    info += f" ({event['failures']} clients left out)"
+                progress.update(rounds_task, completed=event["round"], info=info)
+            elif kind == "client":
+                progress.update(clients_task, advance=1, info=f"{event['client_id']}")
+            elif kind == "client_failed":
+                progress.console.print(f"[yellow]client {event['client_id']} failed[/]")
+
+        yield progress, on_event

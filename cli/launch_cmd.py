@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.common import (
     ConfigOption,
@@ -15,6 +14,7 @@ from cli.common import (
     exits_cleanly,
     resolve_config,
     results_table,
+    run_progress,
 )
 
 
@@ -82,30 +82,7 @@ def launch_command(
             err_console.print("[bold red]interrupted:[/] every process started was stopped")
             raise typer.Exit(code=130) from None
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        rounds_task = progress.add_task("phase 1 rounds", total=cfg.phase1.rounds, info="")
-        clients_task = progress.add_task("phase 2 clients", total=None, info="")
-
-        def on_event(event: dict) -> None:
-            kind = event.get("event")
-            if kind == "round":
-                val = event.get("val_loss")
-                info = f"train {event['train_loss']:.3f}" + (f" val {val:.3f}" if val else "")
-                if event.get("failures"):
-                    info += f" ({event['failures']} clients left out)"
-                progress.update(rounds_task, completed=event["round"], info=info)
-            elif kind == "client":
-                progress.update(clients_task, advance=1, info=f"{event['client_id']}")
-            elif kind == "client_failed":
-                progress.console.print(f"[yellow]client {event['client_id']} failed[/]")
-
+    with run_progress(cfg.phase1.rounds) as (progress, on_event):
         try:
             run = launch(
                 cfg,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.common import (
     ConfigOption,
@@ -14,6 +13,7 @@ from cli.common import (
     exits_cleanly,
     resolve_config,
     results_table,
+    run_progress,
 )
 
 
@@ -48,25 +48,7 @@ def simulate_command(
     )
     from sim.simulate import simulate  # heavy (Flower, Ray): imported once the config is valid
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        rounds_task = progress.add_task("phase 1 rounds", total=cfg.phase1.rounds, info="")
-        clients_task = progress.add_task("phase 2 clients", total=None, info="")
-
-        def on_event(event: dict) -> None:
-            if event.get("event") == "round":
-                val = event.get("val_loss")
-                info = f"train {event['train_loss']:.3f}" + (f" val {val:.3f}" if val else "")
-                progress.update(rounds_task, completed=event["round"], info=info)
-            elif event.get("event") == "client":
-                progress.update(clients_task, advance=1, info=f"{event['client_id']}")
-
+    with run_progress(cfg.phase1.rounds) as (_, on_event):
         run = simulate(cfg, run_dir, phases=phase, resume=resume, on_event=on_event)
     console.print(f"run directory: [bold]{run.root}[/]")
     if (run.root / "results.json").is_file():
