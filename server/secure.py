@@ -119,7 +119,24 @@ def client_dp_epsilon(
 
 
 # ======================================================================= client-level DP
-class UpdateMean(Strategy):
+class _SourceEvaluation(Strategy):
+    """Phase-1 training wrappers change how θ is aggregated, never federated validation:
+    evaluation always goes through the wrapped SourcePrefixStrategy (``self.source``)."""
+
+    source: SourcePrefixStrategy
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.source.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.source.aggregate_evaluate(server_round, replies)
+
+
+class UpdateMean(_SourceEvaluation):
     """The inner strategy Flower's DP wrapper aggregates with: W̄ = θ + Σ_i (W_i − θ) / m.
 
     The replies it receives are already clipped by the wrapper; m is the number of clients
@@ -161,18 +178,8 @@ class UpdateMean(Strategy):
         }
         return to_array_record(mean), self.source.train_metrics(updates)
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.source.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.source.aggregate_evaluate(server_round, replies)
-
-
-class ClientLevelDP(Strategy):
+class ClientLevelDP(_SourceEvaluation):
     """Client-level DP phase 1: screen replies, Flower's clipping wrapper, outer step, ε.
 
     The loop calls these hooks; each round's noise multiplier, clipping norm and ε go into the
@@ -273,16 +280,6 @@ class ClientLevelDP(Strategy):
         }
         return to_array_record(theta), metrics
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.source.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.source.aggregate_evaluate(server_round, replies)
-
 
 # ==================================================================================== SecAgg+
 def secagg_weights(cfg: Phase1Config, counts: dict[str, int], client_ids: list[str]) -> list[float]:
@@ -341,7 +338,7 @@ class _LegacyRound(LegacyStrategy):
         return None
 
 
-class SecAggPlusTraining(Strategy):
+class SecAggPlusTraining(_SourceEvaluation):
     """Phase-1 training rounds through Flower's SecAgg+ (see the module docstring)."""
 
     def __init__(self, source: SourcePrefixStrategy, privacy: PrivacyConfig, timeout: float):
@@ -450,16 +447,6 @@ class SecAggPlusTraining(Strategy):
         }
         self.legacy = None
         return to_array_record(new_theta), self.source.train_metrics(updates)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.source.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.source.aggregate_evaluate(server_round, replies)
 
 
 # ================================================================================= wiring
