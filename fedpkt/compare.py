@@ -5,7 +5,9 @@ Each run directory is a federated run (``fedpkt simulate``) or a centralized one
 paper's eight settings: centralized rows by method name; federated PersonaPKT rows by the
 run's ``phase1.strategy`` (and ``phase2.init = random`` for Rand init + Prefix-tuning). The
 paper's own Table 2 figures sit beside each row as a reference column group, and a short list
-checks which of the paper's findings hold on these runs.
+checks which of the paper's findings hold on these runs. Runs with privacy mechanisms (DP-SGD,
+client-level DP, SecAgg+; read from each run's config) carry them in their label and sit in a
+"privacy against utility" table next to their twin without them, with the largest ε spent.
 
 Values stay fractions in CSV/JSON (F1s in [0, 1], the paper's x100 F1s divided by 100);
 Markdown and plots print F1s x100 like the paper.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from fedpkt.config import privacy_mechanisms
 from fedpkt.errors import FedpktError
 from fedpkt.report import METRICS, PARTS, ResultRow, read_results
 
@@ -87,10 +90,21 @@ class CompareRow:
     mode: Mode
     run: str
     parts: Mapping[str, ResultRow] = field(default_factory=dict)
+    privacy: tuple[str, ...] = ()  # the run's privacy mechanisms (config.privacy_mechanisms)
 
     def value(self, metric: str, part: str) -> float | None:
         row = self.parts.get(part)
         return None if row is None else float(getattr(row, metric))
+
+    def epsilon_max(self) -> float | None:
+        """The largest DP-SGD ε any persona of this row spent (None: no DP-SGD)."""
+        spent = [r.epsilon_max for r in self.parts.values() if r.epsilon_max is not None]
+        return max(spent) if spent else None
+
+    def privacy_text(self) -> str:
+        text = ", ".join(self.privacy) if self.privacy else "none"
+        eps = self.epsilon_max()
+        return text if eps is None else f"{text} (max ε spent {eps:.2f})"
 
 
 @dataclass(frozen=True)
@@ -124,39 +138,46 @@ def paper_setting(method: str, mode: Mode, config: Mapping[str, Any]) -> str:
     return method
 
 
-def _order(row: CompareRow) -> tuple[int, int, str]:
+def _order(row: CompareRow) -> tuple[int, int, int, str]:
     keys = list(PAPER_TABLE2)
     rank = keys.index(row.setting) if row.setting in PAPER_TABLE2 else len(keys)
-    return (rank, 0 if row.mode == "centralized" else 1, row.run)
+    return (rank, 0 if row.mode == "centralized" else 1, len(row.privacy), row.run)
 
 
 def load_rows(run_dirs: Sequence[str | Path]) -> list[CompareRow]:
     """Every (setting, run) of the given run directories, in Table 2 order (centralized first).
 
-    A label is ``"<setting> [<mode>]"``; when two runs give the same label, both get the run
-    directory's name appended.
+    A label is ``"<setting> [<mode>]"``, with the run's privacy mechanisms after the mode
+    (``"[federated, DP-SGD eps=8]"``) so a DP run and its non-DP twin are told apart by what
+    they did; when two runs still give the same label, both get the run directory's name.
     """
     if not run_dirs:
         raise FedpktError("compare got 0 run directories; expected at least one")
-    found: list[tuple[str, Mode, str, dict[str, ResultRow]]] = []
+    found: list[tuple[str, Mode, str, dict[str, ResultRow], tuple[str, ...]]] = []
     for run_dir in run_dirs:
         path = Path(run_dir)
         results = read_results(path)
         mode = run_mode(path)
+        privacy = tuple(privacy_mechanisms(results.config))
         by_setting: dict[str, dict[str, ResultRow]] = {}
         for row in results.rows:
             setting = paper_setting(row.method, mode, results.config)
             by_setting.setdefault(setting, {})[row.part] = row
-        found += [(s, mode, path.name, parts) for s, parts in by_setting.items()]
+        found += [(s, mode, path.name, parts, privacy) for s, parts in by_setting.items()]
+
+    def base_label(setting: str, mode: Mode, privacy: tuple[str, ...]) -> str:
+        return f"{setting} [{', '.join([mode, *privacy])}]"
+
     counts: dict[str, int] = {}
-    for setting, mode, _, _ in found:
-        counts[f"{setting} [{mode}]"] = counts.get(f"{setting} [{mode}]", 0) + 1
+    for setting, mode, _, _, privacy in found:
+        label = base_label(setting, mode, privacy)
+        counts[label] = counts.get(label, 0) + 1
     rows = []
-    for setting, mode, run, parts in found:
-        label = f"{setting} [{mode}]"
+    for setting, mode, run, parts, privacy in found:
+        label = base_label(setting, mode, privacy)
         if counts[label] > 1:
             label += f" ({run})"
-        rows.append(CompareRow(label, setting, mode, run, parts))
+        rows.append(CompareRow(label, setting, mode, run, parts, privacy))
     return sorted(rows, key=_order)
 
 
@@ -241,6 +262,79 @@ def what_holds(rows: Sequence[CompareRow], f1_tolerance: float = 0.01) -> list[C
     return checks
 
 
+# --- privacy against utility -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrivacyCost:
+    """A private row next to the row of the same setting and mode without privacy mechanisms."""
+
+    private: CompareRow
+    plain: CompareRow
+    part: str
+
+    def delta(self, metric: str) -> float | None:
+        a, b = self.private.value(metric, self.part), self.plain.value(metric, self.part)
+        return None if a is None or b is None else a - b
+
+
+def privacy_costs(rows: Sequence[CompareRow]) -> list[PrivacyCost]:
+    """Every (private row, Part) that has a non-private twin (same setting and mode) here.
+
+    This is the DP question a user asks: what the mechanism cost in utility, at which ε.
+    """
+    costs = []
+    for private in rows:
+        if not private.privacy:
+            continue
+        for plain in rows:
+            if plain.privacy or (plain.setting, plain.mode) != (private.setting, private.mode):
+                continue
+            costs += [PrivacyCost(private, plain, p) for p in PARTS if p in private.parts]
+    return costs
+
+
+def _privacy_markdown(costs: Sequence[PrivacyCost]) -> str:
+    if not costs:
+        return "No run here has privacy mechanisms and a twin run without them."
+    head = ["Private run", "Without", "Part", "max ε spent"]
+    head += [f"{TITLES[m]} (private / without / change)" for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cost in costs:
+        eps = cost.private.parts[cost.part].epsilon_max
+        cells = [
+            cost.private.label,
+            cost.plain.label,
+            cost.part,
+            "–" if eps is None else f"{eps:.2f}",
+        ]
+        for metric in METRICS:
+            a, b, d = (
+                cost.private.value(metric, cost.part),
+                cost.plain.value(metric, cost.part),
+                cost.delta(metric),
+            )
+            sign = "" if d is None else ("+" if d >= 0 else "-")
+            change = "–" if d is None else sign + _cell(metric, abs(d))
+            cells.append(f"{_cell(metric, a)} / {_cell(metric, b)} / {change}")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _privacy_record(cost: PrivacyCost) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "private": cost.private.label,
+        "without": cost.plain.label,
+        "part": cost.part,
+        "epsilon_max": cost.private.parts[cost.part].epsilon_max,
+    }
+    for metric in METRICS:
+        record[f"{metric}_private"] = cost.private.value(metric, cost.part)
+        record[f"{metric}_without"] = cost.plain.value(metric, cost.part)
+        record[f"{metric}_change"] = cost.delta(metric)
+    return record
+
+
 # --- rendering -----------------------------------------------------------------------------
 
 
@@ -265,7 +359,7 @@ def _stored(row: CompareRow) -> str:
 
 def render_markdown(rows: Sequence[CompareRow], checks: Sequence[Check]) -> str:
     """The comparison as Markdown: Table 2 layout + the paper's figures + what holds."""
-    head = ["Setting", "Mode", "Run"]
+    head = ["Setting", "Mode", "Privacy", "Run"]
     for metric in METRICS:
         head += [f"{TITLES[metric]} B", f"{TITLES[metric]} C"]
     head += ["Stored / persona"]
@@ -274,7 +368,12 @@ def render_markdown(rows: Sequence[CompareRow], checks: Sequence[Check]) -> str:
     head += ["paper params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row.setting.replace("|", "\\|"), row.mode, row.run.replace("|", "\\|")]
+        cells = [
+            row.setting.replace("|", "\\|"),
+            row.mode,
+            row.privacy_text(),
+            row.run.replace("|", "\\|"),
+        ]
         for metric in METRICS:
             cells += [_cell(metric, row.value(metric, p)) for p in PARTS]
         cells.append(_stored(row))
@@ -294,6 +393,10 @@ def render_markdown(rows: Sequence[CompareRow], checks: Sequence[Check]) -> str:
                 "\n".join(lines),
                 "## What holds on these runs",
                 "\n".join(holds) if holds else "No check applies to these runs.",
+                "## Privacy against utility",
+                "Each run with privacy mechanisms beside the run of the same setting without "
+                "them; change = private - without (F1s x100).",
+                _privacy_markdown(privacy_costs(rows)),
                 "## Plots",
                 "\n\n".join(f"![{TITLES[m]}](plots/{m}.png)" for m in METRICS),
             ]
@@ -303,7 +406,7 @@ def render_markdown(rows: Sequence[CompareRow], checks: Sequence[Check]) -> str:
 
 
 def _csv_fields() -> list[str]:
-    fields = ["setting", "mode", "run", "label"]
+    fields = ["setting", "mode", "privacy", "epsilon_max", "run", "label"]
     fields += [f"{m}_{p}" for m in METRICS for p in PARTS]
     fields += [f"n_personas_{p}" for p in PARTS] + ["stored_params_pct"]
     fields += [f"paper_{m}_{p}" for m in METRICS for p in PARTS] + ["paper_params"]
@@ -315,6 +418,8 @@ def row_record(row: CompareRow) -> dict[str, Any]:
     record: dict[str, Any] = {
         "setting": row.setting,
         "mode": row.mode,
+        "privacy": ", ".join(row.privacy),
+        "epsilon_max": row.epsilon_max(),
         "run": row.run,
         "label": row.label,
     }
@@ -412,6 +517,7 @@ def write_comparison(
         {
             "runs": [str(Path(d)) for d in run_dirs],
             "rows": [row_record(r) for r in rows],
+            "privacy_costs": [_privacy_record(c) for c in privacy_costs(rows)],
             "what_holds": [
                 {"claim": c.claim, "statement": c.statement, "holds": c.holds, "detail": c.detail}
                 for c in checks

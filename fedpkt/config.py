@@ -8,6 +8,7 @@ rejected with one line that names the dotted key, the value given and what was e
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,6 +226,24 @@ class FedpktConfig(_Section):
                 "eval.c_backend='oracle' needs the synthetic corpus; use 'model' for PERSONA-CHAT"
             )
         return self
+
+
+def privacy_mechanisms(config: Mapping[str, Any]) -> list[str]:
+    """Short labels of the privacy mechanisms a config turns on ([] for none).
+
+    Takes a config *dump* (``FedpktConfig.model_dump()`` or a results.json ``config``, which
+    may be partial), so that a run's method name and ``fedpkt compare`` describe a run from the
+    same source: what the run was configured with, not what its directory is called.
+    """
+    dp = config.get("dp") or {}
+    labels = []
+    if dp.get("enabled"):
+        labels.append(f"DP-SGD eps={float(dp.get('epsilon', DPConfig().epsilon)):g}")
+    if dp.get("client_dp", "off") != "off":
+        labels.append(f"client-level DP ({dp['client_dp']})")
+    if (config.get("privacy") or {}).get("secagg"):
+        labels.append("SecAgg+")
+    return labels
 
 
 def _format_validation_error(err: ValidationError) -> str:

@@ -43,7 +43,10 @@ RESULT_FIELDS: tuple[str, ...] = (
     *METRICS,
     "n_personas",
     "stored_params_pct",
+    "epsilon_max",
 )
+# Fields a results.json written before they existed may lack (read as None).
+_OPTIONAL_FIELDS = frozenset({"epsilon_max"})
 _PERCENT_METRICS = ("f1", "f1_2gram", "lcs_f1")
 _METRIC_TITLES = {"f1": "F1", "f1_2gram": "2-gram F1", "lcs_f1": "LCS F1", "c_score": "C"}
 
@@ -164,6 +167,10 @@ class ResultRow:
     c_score: float
     n_personas: int
     stored_params_pct: float
+    # The largest DP-SGD ε a persona of this Part spent (None: no DP). The worst case, not the
+    # mean, because each persona's guarantee is its own and a reader comparing a DP run with a
+    # non-DP one needs the weakest guarantee next to the utility it bought.
+    epsilon_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -237,12 +244,14 @@ def summarize(
         group = [c for c in records if c.part == part]
         if group:
             means = {m: fmean(getattr(c, m) for c in group) for m in METRICS}
+            spent = [c.epsilon for c in group if c.epsilon is not None]
             rows.append(
                 ResultRow(
                     method=method,
                     part=part,
                     n_personas=len(group),
                     stored_params_pct=float(stored_params_pct),
+                    epsilon_max=max(spent) if spent else None,
                     **means,
                 )
             )
@@ -417,7 +426,7 @@ def _row_from_json(row: Any, index: int, where: str) -> ResultRow:
     at = f"{where} rows[{index}]"
     if not isinstance(row, dict):
         raise FedpktError(f"{at} is a {type(row).__name__}; expected an object")
-    missing = [k for k in RESULT_FIELDS if k not in row]
+    missing = [k for k in RESULT_FIELDS if k not in row and k not in _OPTIONAL_FIELDS]
     if missing:
         raise FedpktError(f"{at} lacks {', '.join(missing)}; expected keys {list(RESULT_FIELDS)}")
     extra = sorted(set(row) - set(RESULT_FIELDS))
@@ -433,7 +442,10 @@ def _row_from_json(row: Any, index: int, where: str) -> ResultRow:
     values = {k: _number(row, k, at) for k in (*METRICS, "stored_params_pct")}
     if values["stored_params_pct"] < 0:
         raise FedpktError(f"{at}.stored_params_pct = {row['stored_params_pct']!r}; expected >= 0")
-    return ResultRow(method=row["method"], part=row["part"], n_personas=n, **values)
+    epsilon = _number(row, "epsilon_max", at, optional=True)
+    return ResultRow(
+        method=row["method"], part=row["part"], n_personas=n, epsilon_max=epsilon, **values
+    )
 
 
 def read_results(run_dir: str | Path) -> Results:

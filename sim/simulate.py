@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 from clients.app import make_client_app
 from fedpkt.atomic import atomic_write_json
-from fedpkt.config import FedpktConfig
+from fedpkt.config import FedpktConfig, privacy_mechanisms
 from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import load_backbone, load_backbone_from_config
@@ -53,14 +53,8 @@ def quiet_runtime() -> None:
 
 def method_name(cfg: FedpktConfig) -> str:
     """How results rows name this run: federated, plus the privacy mechanisms that were on."""
-    extras = []
-    if cfg.dp.enabled:
-        extras.append(f"DP-SGD eps={cfg.dp.epsilon:g}")
-    if cfg.dp.client_dp != "off":
-        extras.append(f"client-level DP ({cfg.dp.client_dp})")
-    if cfg.privacy.secagg:
-        extras.append("SecAgg+")
-    return "PersonaPKT (" + ", ".join(["federated", *extras]) + ")"
+    mechanisms = privacy_mechanisms(cfg.model_dump())
+    return "PersonaPKT (" + ", ".join(["federated", *mechanisms]) + ")"
 
 
 def client_defaults(cfg: FedpktConfig, run: RunDir, data_root: Path) -> dict[str, object]:

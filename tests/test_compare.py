@@ -21,8 +21,11 @@ from fedpkt.errors import FedpktError
 from fedpkt.report import ResultRow, write_results
 
 
-def _row(method: str, part: str, f1: float, c: float, pct: float = 100.0) -> ResultRow:
+def _row(
+    method: str, part: str, f1: float, c: float, pct: float = 100.0, eps: float | None = None
+) -> ResultRow:
     return ResultRow(
+        epsilon_max=eps,
         method=method,
         part=part,
         f1=f1,
@@ -41,8 +44,11 @@ def _central(root: Path, rows: list[ResultRow]) -> Path:
     return root
 
 
-def _federated(root: Path, rows: list[ResultRow], strategy: str = "ppreptile") -> Path:
-    write_results(root, rows, {"phase1": {"strategy": strategy}, "phase2": {"init": "source"}})
+def _federated(
+    root: Path, rows: list[ResultRow], strategy: str = "ppreptile", dp: dict | None = None
+) -> Path:
+    config = {"phase1": {"strategy": strategy}, "phase2": {"init": "source"}, "dp": dp or {}}
+    write_results(root, rows, config)
     return root
 
 
@@ -134,7 +140,8 @@ def test_markdown_prints_f1_x100_next_to_the_paper_figures(runs: list[Path]) -> 
     line = next(ln for ln in text.splitlines() if ln.startswith("| Fine-tuning |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     # ours: F1 B 0.180 -> 18.00; paper's Fine-tuning F1 B is 18.16, params "1 * 100%".
-    assert cells[3] == "18.00"
+    assert cells[2] == "none"  # privacy mechanisms
+    assert cells[4] == "18.00"
     assert "18.16" in cells
     assert cells[-1] == "1 * 100%"
 
@@ -164,3 +171,38 @@ def test_write_comparison_writes_table_files_and_one_plot_per_metric(
 def test_a_directory_without_results_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(FedpktError, match="does not exist"):
         load_rows([tmp_path])
+
+
+def test_a_dp_run_sits_next_to_its_non_dp_twin_with_epsilon_and_utility_change(
+    runs: list[Path], tmp_path: Path
+) -> None:
+    dp = _federated(
+        tmp_path / "dp",
+        [
+            _row("PersonaPKT (federated, DP-SGD eps=8)", "B", 0.120, 0.10, 0.1, eps=7.5),
+            _row("PersonaPKT (federated, DP-SGD eps=8)", "C", 0.100, 0.02, 0.1, eps=7.9),
+        ],
+        dp={"enabled": True, "epsilon": 8.0},
+    )
+    rows = load_rows([*runs, dp])
+    labels = [r.label for r in rows]
+    assert "PersonaPKT (PPReptile) [federated]" in labels
+    assert "PersonaPKT (PPReptile) [federated, DP-SGD eps=8]" in labels
+    private = next(r for r in rows if r.privacy)
+    assert private.epsilon_max() == 7.9
+    assert private.privacy_text() == "DP-SGD eps=8 (max ε spent 7.90)"
+    out = tmp_path / "cmp"
+    write_comparison([*runs, dp], out)
+    costs = read_comparison(out)["privacy_costs"]
+    assert [(c["part"], c["epsilon_max"]) for c in costs] == [("B", 7.5), ("C", 7.9)]
+    assert costs[0]["f1_change"] == pytest.approx(0.120 - 0.150)
+    assert costs[1]["c_score_change"] == pytest.approx(0.02 - 0.04)
+    text = (out / "compare.md").read_text()
+    assert "## Privacy against utility" in text
+    assert "| 12.00 / 15.00 / -3.00 |" in text
+
+
+def test_without_private_runs_the_privacy_table_says_so(runs: list[Path], tmp_path: Path) -> None:
+    write_comparison(runs, tmp_path / "cmp")
+    assert read_comparison(tmp_path / "cmp")["privacy_costs"] == []
+    assert "No run here has privacy mechanisms" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -216,17 +215,39 @@ def test_a_closed_session_leaves_non_dp_training_unchanged() -> None:
 
 
 @pytest.mark.e2e
-def test_dp_simulate_reports_epsilon_per_client(tmp_path: Path) -> None:
-    """A reduced DP run: every personalized client logs 0 < ε <= target in metrics.jsonl, and
-    the report shows it."""
+def test_dp_run_reports_epsilon_per_client_and_its_utility_next_to_the_non_dp_run(
+    tmp_path: Path,
+) -> None:
+    """A reduced DP run and its non-DP twin (same data, seeds): every personalized DP client
+    logs 0 < ε <= target, the report and results.json carry it, and `compare` puts the DP
+    run's utility beside the twin's with the change and the largest ε."""
+    from fedpkt.compare import read_comparison, write_comparison
+    from fedpkt.report import read_results
     from sim.simulate import simulate
     from tests.conftest import tiny_config
 
-    cfg = tiny_config(dp__enabled=True, dp__epsilon=8.0, phase1__rounds=1)
-    run = simulate(cfg, tmp_path / "run")
-    clients = run.events("client")
+    private = simulate(
+        tiny_config(dp__enabled=True, dp__epsilon=8.0, phase1__rounds=1), tmp_path / "dp"
+    )
+    clients = private.events("client")
     assert clients
     for event in clients:
         assert 0.0 < event["epsilon"] <= 8.0 + 1e-9, event["client_id"]
-    assert math.isfinite(sum(e["epsilon"] for e in clients))
-    assert "Mean ε" in (tmp_path / "run" / "report.md").read_text()
+    assert "Mean ε" in (tmp_path / "dp" / "report.md").read_text()
+    rows = read_results(tmp_path / "dp").rows
+    assert {r.method for r in rows} == {"PersonaPKT (federated, DP-SGD eps=8)"}
+    for row in rows:
+        spent = [e["epsilon"] for e in clients if e["part"] == row.part]
+        assert row.epsilon_max == pytest.approx(max(spent))
+
+    simulate(tiny_config(phase1__rounds=1), tmp_path / "plain")
+    assert all(r.epsilon_max is None for r in read_results(tmp_path / "plain").rows)
+    write_comparison([tmp_path / "plain", tmp_path / "dp"], tmp_path / "cmp")
+    costs = read_comparison(tmp_path / "cmp")["privacy_costs"]
+    assert [c["part"] for c in costs] == [r.part for r in rows]
+    for cost, row in zip(costs, rows, strict=True):
+        assert cost["private"].endswith("[federated, DP-SGD eps=8]")
+        assert cost["without"].endswith("[federated]")
+        assert cost["epsilon_max"] == pytest.approx(row.epsilon_max)
+        assert cost["f1_private"] == pytest.approx(row.f1)
+        assert cost["f1_change"] == pytest.approx(row.f1 - cost["f1_without"])
