@@ -27,7 +27,7 @@ from typing import Any, Literal
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from fedpkt.config import privacy_mechanisms
 from fedpkt.errors import FedpktError
-from fedpkt.report import METRICS, PARTS, ResultRow, read_results
+from fedpkt.report import METRICS, PARTS, ResultRow, format_pct, read_results
 
 Mode = Literal["federated", "centralized"]
 BASELINES_MANIFEST = "baselines.json"
@@ -354,7 +354,7 @@ def _paper_cell(metric: str, setting: str, part_index: int) -> str:
 
 def _stored(row: CompareRow) -> str:
     values = sorted({r.stored_params_pct for r in row.parts.values()})
-    return ", ".join(f"{v:.3g}%" for v in values)
+    return ", ".join(format_pct(v) for v in values)
 
 
 def render_markdown(rows: Sequence[CompareRow], checks: Sequence[Check]) -> str:

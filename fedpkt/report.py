@@ -264,8 +264,10 @@ def _fmt_metric(metric: str, value: float | None) -> str:
     return f"{100 * value:.2f}" if metric in _PERCENT_METRICS else f"{value:.3f}"
 
 
-def _fmt_pct(value: float) -> str:
-    return f"{value:.3g}%"
+def format_pct(value: float) -> str:
+    """A stored-parameter share: 3 significant digits, never in exponent notation
+    (Reptile + Fine-tuning stores N whole models: 2000%, not 2e+03%)."""
+    return f"{value:,.0f}%" if value >= 100 else f"{value:.3g}%"
 
 
 def render_table(rows: Sequence[ResultRow]) -> str:
@@ -290,7 +292,7 @@ def render_table(rows: Sequence[ResultRow]) -> str:
                 cells.append(_fmt_metric(metric, getattr(row, metric) if row else None))
         cells += [str(parts[p].n_personas) if p in parts else "0" for p in PARTS]
         pct = {r.stored_params_pct for r in parts.values()}
-        cells.append(", ".join(_fmt_pct(v) for v in sorted(pct)))
+        cells.append(", ".join(format_pct(v) for v in sorted(pct)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from fedpkt.report import (
     RESULT_FIELDS,
     ClientRecord,
     RoundRecord,
+    format_pct,
     read_metrics,
     read_results,
     render_table,
@@ -248,3 +249,13 @@ def test_loss_section_names_a_random_start(tmp_path: Path) -> None:
     text = files.report_md.read_text()
     assert "## Test loss: personalized prefix vs the random initial prefix alone" in text
     assert "| Part | Personas | Random initial prefix alone | Personalized | Change |" in text
+
+
+def test_stored_shares_never_print_in_exponent_notation() -> None:
+    assert [format_pct(v) for v in (0.0796, 0.796, 100.0, 2000.0, 123456.0)] == [
+        "0.0796%",
+        "0.796%",
+        "100%",
+        "2,000%",
+        "123,456%",
+    ]
