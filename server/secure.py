@@ -71,12 +71,12 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore import log
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.rdp import RDPAccountant
 
 from fedpkt.algorithms import temperature_weights
 from fedpkt.config import DPConfig, FedpktConfig, Phase1Config, PrivacyConfig
 from fedpkt.errors import FedpktError
 from fedpkt.source import ClientUpdate
+from fedpkt.train.dp import RDP_ALPHAS
 from server.strategy import SourcePrefixStrategy, from_array_record, to_array_record
 
 Arrays = dict[str, np.ndarray]
@@ -112,7 +112,7 @@ def client_dp_epsilon(
     """
     if rounds <= 0:
         return 0.0
-    orders = RDPAccountant.DEFAULT_ALPHAS
+    orders = RDP_ALPHAS
     rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=rounds, orders=orders)
     epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(epsilon)

@@ -251,3 +251,14 @@ def test_dp_run_reports_epsilon_per_client_and_its_utility_next_to_the_non_dp_ru
         assert cost["epsilon_max"] == pytest.approx(row.epsilon_max)
         assert cost["f1_private"] == pytest.approx(row.f1)
         assert cost["f1_change"] == pytest.approx(row.f1 - cost["f1_without"])
+
+
+def test_short_plans_find_their_best_rdp_order_without_opacus_warnings() -> None:
+    """Few steps at ε = 8 (q = 0.1, 8 steps: one phase-1 participation) put the best RDP order
+    above opacus's default range (63; opacus warns there); the extended orders contain it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = plan_dp(DPConfig(epsilon=8.0), num_examples=40, batch_size=4, steps=8)
+    assert plan.sample_rate == pytest.approx(0.1) and plan.noise_multiplier > 0

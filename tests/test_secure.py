@@ -11,13 +11,13 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 from flwr.supercore.task_identity import TaskIdentity
-from opacus.accountants.rdp import RDPAccountant
 from safetensors.numpy import load_file
 
 from fedpkt.config import FedpktConfig
 from fedpkt.errors import FedpktError
 from fedpkt.rundir import RunDir
 from fedpkt.source import SourceTrainer
+from fedpkt.train.dp import RDP_ALPHAS
 from server.secure import (
     ClientLevelDP,
     client_dp_epsilon,
@@ -40,10 +40,10 @@ DELTA = 1e-5
 def _rdp_gaussian_epsilon(z: float, rounds: int, delta: float) -> float:
     """ε of ``rounds`` unsampled Gaussian releases, by hand: RDP_α = rounds·α / (2z²),
     converted as ε = min_α RDP_α − (ln δ + ln α)/(α − 1) + ln((α − 1)/α) (Balle et al. 2020,
-    the conversion opacus uses) over opacus's default orders."""
+    the conversion opacus uses) over the orders fedpkt searches (opacus's defaults, extended)."""
     return min(
         rounds * a / (2 * z * z) - (math.log(delta) + math.log(a)) / (a - 1) + math.log((a - 1) / a)
-        for a in RDPAccountant.DEFAULT_ALPHAS
+        for a in RDP_ALPHAS
     )
 
 

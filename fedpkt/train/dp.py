@@ -67,6 +67,10 @@ from fedpkt.train.loop import (
 from fedpkt.train.prefix_training import backbone_parts
 
 ACCOUNTANT = "rdp"
+# RDP orders searched when converting to (ε, δ): opacus's defaults stop at 63, which is too low
+# for few-shot clients (q = 1, few steps, small ε) — opacus then warns that the best order is
+# the largest and reports a looser ε. Extending the range only tightens the bound.
+RDP_ALPHAS: list[float] = [*RDPAccountant.DEFAULT_ALPHAS, *range(64, 257, 8), 384, 512, 1024]
 """The accountant used both to calibrate σ and to report ε (the same one, so they agree)."""
 
 
@@ -117,6 +121,7 @@ def plan_dp(dp: DPConfig, *, num_examples: int, batch_size: int, steps: int) -> 
             sample_rate=rate,
             steps=steps,
             accountant=ACCOUNTANT,
+            alphas=RDP_ALPHAS,
         )
     except ValueError as exc:  # opacus: the search for σ did not bracket the target
         raise FedpktError(
@@ -197,7 +202,7 @@ class PrivateTraining:
         """ε spent so far at ``plan.delta`` (0 before the first step)."""
         if not self.accountant.history:
             return 0.0
-        return float(self.accountant.get_epsilon(delta=self.plan.delta))
+        return float(self.accountant.get_epsilon(delta=self.plan.delta, alphas=RDP_ALPHAS))
 
     def close(self) -> None:
         """Remove opacus's hooks and per-sample buffers from the prefix."""
