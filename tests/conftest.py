@@ -44,19 +44,3 @@ def cli_sets(values: dict[str, Any]) -> list[str]:
 @pytest.fixture
 def tiny_cfg() -> FedpktConfig:
     return tiny_config()
-
-
-# Phase 2's learning effects need the real (default) embedded backbone and enough Part A
-# personas for the source prefix to carry something over; phase 2 is capped at 10 clients.
-PHASE2_E2E: dict[str, Any] = {
-    "backbone__embedded_size": "default",
-    "data__scale": "default",
-    "prefix__num_virtual_tokens": 8,
-    "prefix__projection_hidden": 128,
-    "phase1__rounds": 20,
-    "phase1__clients_per_round": 4,
-    "phase2__max_epochs": 8,
-    "phase2__max_clients": 10,
-    "generation__num_beams": 5,
-    "generation__max_new_tokens": 24,
-}

@@ -57,7 +57,7 @@ def test_personas_have_3_to_5_facts_of_distinct_slots_and_one_sentence_each(defa
 
 def test_personas_are_distinct(default_corpus):
     fact_sets = [frozenset(p.facts) for p in default_corpus.personas.values()]
-    assert len(set(fact_sets)) == len(fact_sets) == 60  # 40 + 12 + 8
+    assert len(set(fact_sets)) == len(fact_sets) == 90  # 40 + 30 + 20
 
 
 def test_dialogues_have_5_to_8_exchanges_partner_first(default_corpus):
@@ -101,8 +101,8 @@ def test_default_scale_counts_are_heavy_tailed_with_few_shot_personas(default_co
     counts = Counter(d.persona_id for d in default_corpus.dialogues)
     few = [n for n in counts.values() if n < 6]
     regular = [n for n in counts.values() if n >= 6]
-    assert len(few) == 8 and all(3 <= n <= 5 for n in few)
-    assert len(regular) == 52 and all(6 <= n <= 20 for n in regular)
+    assert len(few) == 20 and all(3 <= n <= 5 for n in few)
+    assert len(regular) == 70 and all(6 <= n <= 20 for n in regular)
     # heavy-tailed: the median sits low in [6, 20] while the tail reaches far above it
     assert sorted(regular)[len(regular) // 2] <= 10 < max(regular)
 

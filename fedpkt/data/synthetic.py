@@ -114,7 +114,7 @@ class ScalePreset:
 
 SCALES: dict[str, ScalePreset] = {
     "tiny": ScalePreset("tiny", 8, 3, 3, (6, 8), (3, 5)),
-    "default": ScalePreset("default", 40, 12, 8, (6, 20), (3, 5)),
+    "default": ScalePreset("default", 40, 30, 20, (6, 20), (3, 5)),
     "paper": ScalePreset(
         "paper",
         754,
