@@ -47,7 +47,7 @@ from fedpkt.data.encoding import IGNORE_INDEX, EncodedExample
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.prefix import forward_with_prefix
-from fedpkt.train.inner_loop import InnerResult, step_batches
+from fedpkt.train.inner_loop import InnerResult, inner_steps
 from fedpkt.train.loop import (
     Batch,
     LoopSettings,
@@ -57,12 +57,9 @@ from fedpkt.train.loop import (
     adamw,
     collate_for,
     evaluate_loss,
-    optimizer_step,
     pad_id_for,
-    seeded_rng,
     sgd,
     train_loop,
-    trainable,
 )
 from fedpkt.train.prefix_training import backbone_parts
 
@@ -152,6 +149,12 @@ def per_example_response_loss(model: nn.Module, states: Tensor | None, batch: Ba
         row = int((counts == 0).nonzero()[0])
         raise FedpktError(f"batch row {row} has 0 response tokens; expected labels other than -100")
     return per_token.sum(dim=1) / counts
+
+
+def mean_per_example_loss(model: nn.Module, states: Tensor | None, batch: Batch) -> Tensor:
+    """The batch loss DP-SGD steps on: the mean of the per-example losses (opacus clips each
+    example's gradient of its own term, then rescales by the batch size)."""
+    return per_example_response_loss(model, states, batch).mean()
 
 
 # --- the private session ----------------------------------------------------------------------
@@ -277,8 +280,7 @@ def train_prefix_dp(
         wrapped = session.module
 
         def loss_fn(batch: Batch) -> Tensor:
-            states = wrapped(batch["input_ids"].shape[0])
-            return per_example_response_loss(model, states, batch).mean()
+            return mean_per_example_loss(model, wrapped(batch["input_ids"].shape[0]), batch)
 
         def valid_loss() -> float:
             return evaluate_loss(model, prefix, valid, batch_size)
@@ -328,32 +330,23 @@ def dp_inner_steps(
     client picked in every phase-1 round still stays within ε over the whole phase. The returned
     ε is that of these ``steps`` steps alone.
     """
-    if not lr > 0:
-        raise FedpktError(f"lr is {lr!r}; expected a number > 0")
     model, tokenizer = backbone_parts(backbone)
-    batches = step_batches(len(train), steps, batch_size, seed)
     planned = steps if planned_steps is None else planned_steps
     if planned < steps:
         raise FedpktError(f"planned_steps is {planned}; expected at least steps ({steps})")
     plan = plan_dp(dp, num_examples=len(train), batch_size=batch_size, steps=planned)
-    collate_fn = collate_for(model, pad_id_for(model, tokenizer))
-    losses: list[float] = []
     with private(prefix, plan, seed=seed) as session:
-        wrapped = session.module
-        params = trainable(list(wrapped.parameters()), "the inner-loop module")
-        optimizer = session.optimizer_factory(optimizer_factory)(params, lr=lr, weight_decay=0.0)
-        wrapped.train()
-        try:
-            with seeded_rng(seed):
-                for step, indices in enumerate(batches, start=1):
-                    batch = collate_fn([train[i] for i in indices])
-                    loss = per_example_response_loss(model, wrapped(len(indices)), batch).mean()
-                    losses.append(
-                        optimizer_step(
-                            params, optimizer, loss, max_grad_norm=None, where=f"DP step {step}"
-                        )
-                    )
-        finally:
-            prefix.eval()
-        inner = InnerResult(sum(losses) / len(losses), len(train), len(losses))
+        inner = inner_steps(
+            model,
+            session.module,
+            session.module,
+            train,
+            lr=lr,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            pad_id=pad_id_for(model, tokenizer),
+            optimizer_factory=session.optimizer_factory(optimizer_factory),
+            loss_fn=mean_per_example_loss,
+        )
         return DPInnerResult(inner, session.epsilon, plan)

@@ -1,7 +1,8 @@
 """Reptile's inner loop, W_i = SGD(L_i, θ, α, k): k plain SGD steps on one persona's data.
 
 PPReptile (phase 1) runs it on a prefix with the backbone frozen; the full-model Reptile
-baseline runs it on a trainable copy of the backbone. Both go through ``_inner_steps``, and each
+baseline runs it on a trainable copy of the backbone, and DP-SGD (``fedpkt.train.dp``) runs it
+with opacus's optimizer and a per-example loss. All go through ``inner_steps``, and each
 update is ``fedpkt.train.loop.optimizer_step``, the same update the epoch loop makes.
 
 Batches: every step draws ``min(batch_size, n)`` distinct examples uniformly from a
@@ -13,7 +14,7 @@ reproducible from (θ, data, seed) alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from fedpkt.data.encoding import EncodedExample
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
 from fedpkt.train.loop import (
+    Batch,
     OptimizerFactory,
     StatesFn,
     collate_for,
@@ -59,7 +61,10 @@ def step_batches(num_examples: int, steps: int, batch_size: int, seed: int) -> l
     return [torch.randperm(num_examples, generator=generator)[:size].tolist() for _ in range(steps)]
 
 
-def _inner_steps(
+LossFn = Callable[[nn.Module, Tensor | None, Batch], Tensor]
+
+
+def inner_steps(
     model: nn.Module,
     states_fn: StatesFn | None,
     trained: nn.Module,
@@ -71,9 +76,15 @@ def _inner_steps(
     seed: int,
     pad_id: int | None,
     optimizer_factory: OptimizerFactory,
+    loss_fn: LossFn = response_loss,
 ) -> InnerResult:
-    """k updates of ``trained``'s parameters by the response loss of ``model`` under
-    ``states_fn`` (None: the bare model, which is then ``trained``)."""
+    """k updates of ``trained``'s parameters by ``loss_fn`` of ``model`` under ``states_fn``
+    (None: the bare model, which is then ``trained``).
+
+    ``loss_fn`` and ``optimizer_factory`` are the DP-SGD seam: opacus needs a loss whose
+    per-example gradients do not mix examples, and its own optimizer; the batches, seeds and
+    update are this loop's, so a DP client's k steps differ from a plain one only by those two.
+    """
     if not lr > 0:
         raise FedpktError(f"lr is {lr!r}; expected a number > 0")
     batches = step_batches(len(train), steps, batch_size, seed)
@@ -93,7 +104,7 @@ def _inner_steps(
                     optimizer_step(
                         params,
                         optimizer,
-                        response_loss(model, states, batch),
+                        loss_fn(model, states, batch),
                         max_grad_norm=None,
                         where=f"inner step {step}",
                     )
@@ -120,7 +131,7 @@ def sgd_inner_steps(
     ``optimizer_factory`` is the DP-SGD seam (default: plain SGD without momentum).
     """
     model, tokenizer = backbone_parts(backbone)
-    return _inner_steps(
+    return inner_steps(
         model,
         prefix,
         prefix,
@@ -147,7 +158,7 @@ def sgd_inner_steps_model(
 ) -> InnerResult:
     """Full-model Reptile's client step: ``steps`` SGD updates of every trainable parameter of
     ``model`` (in place; pass a ``trainable_copy``), same batching as ``sgd_inner_steps``."""
-    return _inner_steps(
+    return inner_steps(
         model,
         None,
         model,
