@@ -265,8 +265,9 @@ def _fmt_metric(metric: str, value: float | None) -> str:
 
 
 def format_pct(value: float) -> str:
-    """A stored-parameter share: 3 significant digits, never in exponent notation
-    (Reptile + Fine-tuning stores N whole models: 2000%, not 2e+03%)."""
+    """A stored-parameter share: 3 significant digits below 100 %, whole percents with
+    thousands separators from there (Reptile + Fine-tuning stores N whole models: "5,000%",
+    never "5e+03%")."""
     return f"{value:,.0f}%" if value >= 100 else f"{value:.3g}%"
 
 
