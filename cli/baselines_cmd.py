@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.common import (
     ConfigOption,
@@ -14,6 +13,7 @@ from cli.common import (
     exits_cleanly,
     resolve_config,
     results_table,
+    task_progress,
 )
 from fedpkt.baselines import SETTING_KEYS, select_settings
 
@@ -34,14 +34,7 @@ def baselines_command(
     settings = select_settings(only)  # fail on a bad --only before loading anything
     from sim.baselines import run_baselines  # heavy (torch, transformers): after validation
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with task_progress() as progress:
         overall = progress.add_task("settings", total=len(settings), info="")
         current: dict[str, int] = {}
 

@@ -79,14 +79,10 @@ def results_table(run_dir: Path) -> Table:
     return table
 
 
-@contextlib.contextmanager
-def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]]]:
-    """A progress display for a federated run and the event callback that drives it.
-
-    The callback takes the events the server logs to ``metrics.jsonl``: a ``round`` advances
-    phase 1, a ``client`` advances phase 2, a ``client_failed`` is printed.
-    """
-    progress = Progress(
+def task_progress() -> Progress:
+    """The one progress layout of long CLI jobs: name, bar, done/total, an ``info`` field
+    (each task must set it), elapsed time."""
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -94,6 +90,16 @@ def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]
         TimeElapsedColumn(),
         console=console,
     )
+
+
+@contextlib.contextmanager
+def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]]]:
+    """A progress display for a federated run and the event callback that drives it.
+
+    The callback takes the events the server logs to ``metrics.jsonl``: a ``round`` advances
+    phase 1, a ``client`` advances phase 2, a ``client_failed`` is printed.
+    """
+    progress = task_progress()
     with progress:
         rounds_task = progress.add_task("phase 1 rounds", total=rounds, info="")
         clients_task = progress.add_task("phase 2 clients", total=None, info="")
