@@ -32,6 +32,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python bench/backbone_build.py --size default
 	$(BIN)/python bench/phase1.py
+	$(BIN)/python bench/on_device.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

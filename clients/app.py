@@ -14,7 +14,9 @@ hyperparameters come from the server with each message (``fedpkt-config``).
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
+from flwr.common.logger import log
 
 from clients.egress import make_egress_mod
 from clients.secure import secagg_mod
@@ -117,6 +120,16 @@ def _local_client(data_root: str, client_id: str, config_text: str) -> LocalClie
         embedded_size=cfg.backbone.embedded_size,
         device=cfg.backbone.device,
         dtype=cfg.backbone.dtype,
+    )
+    # Where each client's work actually ran is what an operator checks first on a GPU cluster
+    # (CUDA_VISIBLE_DEVICES is set per SuperNode by `fedpkt launch`).
+    log(
+        INFO,
+        "client %s: backbone on %s (%s), CUDA_VISIBLE_DEVICES=%r",
+        client_id,
+        backbone.device,
+        cfg.backbone.dtype,
+        os.environ.get("CUDA_VISIBLE_DEVICES"),
     )
     return LocalClient.open(data_root, client_id, backbone, cfg)
 

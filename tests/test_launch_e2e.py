@@ -111,6 +111,9 @@ def test_three_supernodes_run_both_phases_over_tls(tmp_path: Path) -> None:
         for name in ("superlink", "supernode-0", "supernode-1", "supernode-2", "serverapp"):
             assert (run_dir / "logs" / f"{name}.log").is_file()
         assert any((run_dir / "egress").iterdir())
+        for k in range(3):  # each ClientApp process says where its backbone went
+            text = (run_dir / "logs" / f"supernode-{k}.log").read_text(errors="replace")
+            assert "backbone on cpu (float32), CUDA_VISIBLE_DEVICES=''" in text
         # Every Part B/C persona reports once, under its own id, though nodes serve several.
         assert sorted(e["client_id"] for e in run.events("client")) == sorted(personal)
     finally:
