@@ -97,7 +97,8 @@ def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]
     """A progress display for a federated run and the event callback that drives it.
 
     The callback takes the events the server logs to ``metrics.jsonl``: a ``round`` advances
-    phase 1, a ``client`` advances phase 2, a ``client_failed`` is printed.
+    phase 1 (``phase1_skipped`` empties it), a ``client`` advances phase 2, a ``client_failed``
+    is printed.
     """
     progress = task_progress()
     with progress:
@@ -114,6 +115,8 @@ def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]
                 progress.update(rounds_task, completed=event["round"], info=info)
             elif kind == "client":
                 progress.update(clients_task, advance=1, info=f"{event['client_id']}")
+            elif kind == "phase1_skipped":
+                progress.update(rounds_task, total=0, info=f"skipped: {event['reason']}")
             elif kind == "client_failed":
                 progress.console.print(f"[yellow]client {event['client_id']} failed[/]")
 

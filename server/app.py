@@ -178,10 +178,10 @@ def run_phase2(
     run: RunDir,
     cfg: FedpktConfig,
     directory: ClientDirectory,
-    source: Arrays,
+    source: Arrays | None,
     settings: ServerSettings,
 ) -> list[dict[str, Any]]:
-    """Send θ_source to every Part B/C client; collect their metric scalars."""
+    """Send θ_source (None: random init) to every Part B/C client; collect metric scalars."""
     targets = directory.part("B") + directory.part("C")
     if cfg.phase2.max_clients:
         rng = np.random.default_rng([cfg.seed, 2])
@@ -240,11 +240,18 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
     nodes = wait_for_nodes(grid, settings.min_nodes, settings.node_wait_s)
     # The first message also starts each worker (imports, backbone load): allow the node wait.
     directory = handshake(grid, nodes, settings.node_wait_s)
-    if settings.phases in ("all", "source"):
+    from_source = cfg.phase2.init == "source"
+    source: Arrays | None = None
+    if settings.phases == "source" or (settings.phases == "all" and from_source):
         if not directory.part("A"):
             raise FedpktError("no Part A client answered the handshake; phase 1 needs some")
         source = run_phase1(grid, run, cfg, directory, settings)
-    else:
+    elif settings.phases == "all":
+        # Rand init + Prefix-tuning never reads the source prefix: training one would only
+        # spend the clients' time (and privacy budget) on a result nobody uses.
+        log(INFO, "phase 1 skipped: phase2.init='random' starts every prefix from scratch")
+        run.log_event({"event": "phase1_skipped", "reason": "phase2.init='random'"})
+    elif from_source:
         source = load_source_prefix(run)
     if settings.phases in ("all", "personalize"):
         rows = run_phase2(grid, run, cfg, directory, source, settings)

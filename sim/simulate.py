@@ -113,7 +113,8 @@ def simulate(
     done = run.events("done")
     if not done:
         raise FedpktError(f"simulation ended without finishing; see the log and '{run.root}'")
-    if cfg.data.canaries and phases in ("all", "source") and (run.root / "report.md").is_file():
+    ran_phase1 = run.source_prefix.is_file() and phases in ("all", "source")
+    if cfg.data.canaries and ran_phase1 and (run.root / "report.md").is_file():
         report_exposure(cfg, run, data_root)
     return run
 

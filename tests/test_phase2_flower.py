@@ -64,6 +64,15 @@ def test_source_init_reaches_a_lower_test_loss_than_random_init(runs: dict[str, 
     assert _mean(runs["pkt"], "test_loss") < _mean(runs["rand"], "test_loss")
 
 
+def test_random_init_run_skips_phase_1(runs: dict[str, RunDir]) -> None:
+    """A random-init run trains no source prefix: no rounds, no source file, one skip event."""
+    rand = runs["rand"]
+    assert rand.events("round") == []
+    assert [e["reason"] for e in rand.events("phase1_skipped")] == ["phase2.init='random'"]
+    assert not rand.source_prefix.is_file()
+    assert len(rand.events("client")) == len(runs["pkt"].events("client"))
+
+
 def test_phase2_metrics_are_in_range(runs: dict[str, RunDir]) -> None:
     for row in runs["pkt"].events("client"):
         for key in ("f1", "f1_2gram", "lcs_f1"):
