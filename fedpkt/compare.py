@@ -129,8 +129,10 @@ def paper_setting(method: str, mode: Mode, config: Mapping[str, Any]) -> str:
     """The Table 2 setting a results row stands for (its own method name if none)."""
     if method in PAPER_TABLE2:
         return method
+    if mode == "federated" and method.startswith("Rand init + Prefix-tuning ("):
+        return "Rand init + Prefix-tuning"
     if mode == "federated" and method.startswith("PersonaPKT"):
-        if config.get("phase2", {}).get("init") == "random":
+        if config.get("phase2", {}).get("init") == "random":  # runs named before run_method_name
             return "Rand init + Prefix-tuning"
         strategy = config.get("phase1", {}).get("strategy")
         if strategy in _STRATEGY_SETTING:

@@ -246,6 +246,18 @@ def privacy_mechanisms(config: Mapping[str, Any]) -> list[str]:
     return labels
 
 
+def run_method_name(config: FedpktConfig) -> str:
+    """How a federated run's results rows name it, e.g. "PersonaPKT (federated, SecAgg+)".
+
+    The setting follows from the phase-2 init (a random-init run *is* Rand init +
+    Prefix-tuning, whatever trained before it), then "federated" and the privacy mechanisms,
+    so a DP run and its non-DP twin never share a label. Simulation and deployment runs both
+    take their name from here.
+    """
+    setting = "Rand init + Prefix-tuning" if config.phase2.init == "random" else "PersonaPKT"
+    return f"{setting} (" + ", ".join(["federated", *privacy_mechanisms(config.model_dump())]) + ")"
+
+
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "config"

@@ -25,7 +25,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from fedpkt.atomic import atomic_write_bytes
-from fedpkt.config import FedpktConfig, config_to_toml, load_config
+from fedpkt.config import FedpktConfig, config_to_toml, load_config, run_method_name
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone_info import backbone_config, backbone_num_params
 from fedpkt.model.prefix import PrefixShape, stored_params
@@ -52,7 +52,7 @@ class ServerSettings:
     run_dir: Path
     phases: str = "all"
     resume: bool = False
-    method: str = "PersonaPKT (federated)"
+    method: str | None = None  # None: named from the run's config (run_method_name)
     on_event: Callable[[dict], None] | None = None
     min_nodes: int = 1
     node_wait_s: float = 300.0
@@ -261,7 +261,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
         )
         write_report(
             run.root,
-            method=settings.method,
+            method=settings.method or run_method_name(cfg),
             rounds=run.events("round"),
             clients=rows,
             stored_params_pct=100.0 * stored_params(shape) / backbone_params,

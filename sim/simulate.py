@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 from clients.app import make_client_app
 from fedpkt.atomic import atomic_write_json
-from fedpkt.config import FedpktConfig, privacy_mechanisms
+from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import load_backbone, load_backbone_from_config
@@ -49,12 +49,6 @@ def quiet_runtime() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-def method_name(cfg: FedpktConfig) -> str:
-    """How results rows name this run: federated, plus the privacy mechanisms that were on."""
-    mechanisms = privacy_mechanisms(cfg.model_dump())
-    return "PersonaPKT (" + ", ".join(["federated", *mechanisms]) + ")"
 
 
 def client_defaults(cfg: FedpktConfig, run: RunDir, data_root: Path) -> dict[str, object]:
@@ -96,7 +90,7 @@ def simulate(
         run_dir=run.root,
         phases=phases,
         resume=resume,
-        method=method or method_name(cfg),
+        method=method,
         on_event=on_event,
         min_nodes=num_clients,
     )

@@ -17,6 +17,7 @@ from fedpkt.compare import (
     what_holds,
     write_comparison,
 )
+from fedpkt.config import load_config, run_method_name
 from fedpkt.errors import FedpktError
 from fedpkt.report import ResultRow, write_results
 
@@ -85,6 +86,16 @@ def test_federated_random_init_maps_to_rand_init_prefix_tuning() -> None:
     assert paper_setting("PersonaPKT (federated)", "federated", config) == (
         "Rand init + Prefix-tuning"
     )
+
+
+def test_a_random_init_run_is_named_rand_init_and_maps_back_to_it() -> None:
+    """run_method_name names a random-init run for what it is (with its privacy mechanisms),
+    and compare places that name on the Rand init + Prefix-tuning row."""
+    cfg = load_config("embedded", ["phase2.init='random'", "dp.enabled=true", "dp.epsilon=8"])
+    name = run_method_name(cfg)
+    assert name == "Rand init + Prefix-tuning (federated, DP-SGD eps=8)"
+    assert paper_setting(name, "federated", cfg.model_dump()) == "Rand init + Prefix-tuning"
+    assert run_method_name(load_config("embedded")) == "PersonaPKT (federated)"
 
 
 def test_rows_follow_table2_order_with_centralized_before_federated(runs: list[Path]) -> None:

@@ -65,12 +65,15 @@ def test_source_init_reaches_a_lower_test_loss_than_random_init(runs: dict[str, 
 
 
 def test_random_init_run_skips_phase_1(runs: dict[str, RunDir]) -> None:
-    """A random-init run trains no source prefix: no rounds, no source file, one skip event."""
+    """A random-init run trains no source prefix (no rounds, no source file, one skip event)
+    and its results rows say what it is."""
     rand = runs["rand"]
     assert rand.events("round") == []
     assert [e["reason"] for e in rand.events("phase1_skipped")] == ["phase2.init='random'"]
     assert not rand.source_prefix.is_file()
     assert len(rand.events("client")) == len(runs["pkt"].events("client"))
+    methods = {row.method for row in read_results(rand.root).rows}
+    assert methods == {"Rand init + Prefix-tuning (federated)"}
 
 
 def test_phase2_metrics_are_in_range(runs: dict[str, RunDir]) -> None:
