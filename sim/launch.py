@@ -12,10 +12,13 @@ Flower 1.42 serves the Fleet, Control and Runtime APIs of a SuperLink on one HTT
 (``--host``/``--port``); each SuperNode also opens a local Runtime port for its ClientApps.
 Every port is picked free unless given.
 
-Process hygiene is the point of most of this module: every process starts in its own process
-group; Flower's detached helpers (the SuperLink's SuperExec and the ServerApps it spawns) are
-tracked through psutil as descendants. On success, failure, Ctrl-C or SIGTERM everything
-started is stopped — SIGTERM to each group, then SIGKILL to whatever is left — and waited for.
+On success, failure, Ctrl-C or SIGTERM everything started is stopped — SIGTERM to each group,
+then SIGKILL to whatever is left — and waited for. This module is the orchestration only: the
+steps of one launch (``Launch``) and ``launch()``, which always stops what it started. Its parts
+live beside it, one job each: ``sim.launch_plan`` (options, validation, which clients and GPU
+each SuperNode gets), ``sim.network`` (addresses and ports), ``sim.processes`` (process groups,
+descendants, ``processes.json``), ``sim.flower_cli`` (the ``flwr`` CLI) and ``sim.certs`` (TLS).
+Their public names are re-exported here, so ``from sim.launch import X`` keeps working.
 
 Files (all under the run directory)::
 
@@ -30,26 +33,17 @@ Files (all under the run directory)::
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
-import re
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import psutil
 import tomli_w
 
-from fedpkt.atomic import atomic_write_json, atomic_write_text
+from fedpkt.atomic import atomic_write_text
 from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_manifest
 from fedpkt.errors import FedpktError
@@ -61,154 +55,76 @@ from sim.certs import (
     given_certificates,
     require_pem,
 )
+from sim.flower_cli import CONNECTION, FlowerCli
+from sim.launch_plan import (
+    PHASES,
+    LaunchOptions,
+    NodePlan,
+    check_gpus,
+    cuda_device_count,
+    gpu_for_node,
+    parse_gpus,
+    parse_shard,
+    plan_nodes,
+    round_robin,
+    validate_options,
+)
+from sim.network import (
+    check_reachable,
+    connect_host,
+    ensure_port_free,
+    format_address,
+    free_port,
+    parse_address,
+    port_open,
+)
+from sim.processes import (
+    ProcessSet,
+    Started,
+    child_env,
+    flower_bin_dir,
+    flower_executable,
+    last_line,
+)
 
-CONNECTION = "fedpkt"  # the name of the SuperLink connection in the launcher's Flower config
+__all__ = [  # this module's own names and the re-exports of what used to be defined here
+    "CONNECTION",
+    "LOOPBACK_HOSTS",
+    "PHASES",
+    "Event",
+    "FlowerCli",
+    "Launch",
+    "LaunchOptions",
+    "MetricsFollower",
+    "NodePlan",
+    "ProcessSet",
+    "Started",
+    "app_directory",
+    "check_gpus",
+    "check_reachable",
+    "child_env",
+    "connect_host",
+    "cuda_device_count",
+    "ensure_port_free",
+    "flower_bin_dir",
+    "flower_executable",
+    "format_address",
+    "free_port",
+    "gpu_for_node",
+    "last_line",
+    "launch",
+    "node_config",
+    "parse_address",
+    "parse_gpus",
+    "parse_shard",
+    "plan_nodes",
+    "port_open",
+    "round_robin",
+    "validate_options",
+]
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::", "::1")
-PHASES = ("all", "source", "personalize")
 Event = dict[str, Any]
-
-
-# -- plain inputs ---------------------------------------------------------------------------------
-def parse_gpus(text: str | None) -> tuple[int, ...]:
-    """``"0,1,3"`` -> ``(0, 1, 3)``; empty or None -> ``()`` (CPU)."""
-    if text is None or not text.strip():
-        return ()
-    gpus: list[int] = []
-    for part in text.split(","):
-        item = part.strip()
-        if not item.isdigit():
-            raise FedpktError(
-                f"--gpus '{text}': '{item}' is not a GPU index (expected e.g. --gpus 0,1)"
-            )
-        gpus.append(int(item))
-    return tuple(gpus)
-
-
-def check_gpus(gpus: Sequence[int], available: int) -> None:
-    """Every requested index must name a CUDA device this machine has (0..available-1)."""
-    for gpu in gpus:
-        if gpu >= available:
-            have = f"devices 0-{available - 1}" if available else "no CUDA device"
-            raise FedpktError(f"GPU index {gpu} does not exist: this machine has {have}")
-
-
-def cuda_device_count() -> int:
-    """CUDA devices visible to this process (torch imported only when GPUs are asked for)."""
-    import torch
-
-    return int(torch.cuda.device_count())
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"1/3"`` -> ``(1, 3)``: this machine serves the second of three shards of the clients."""
-    if text is None or not text.strip():
-        return (0, 1)
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
-        raise FedpktError(f"--shard '{text}' is not I/K with 0 <= I < K (e.g. --shard 0/2)")
-    return int(match[1]), int(match[2])
-
-
-def round_robin(items: Sequence[str], parts: int) -> list[list[str]]:
-    """Deal ``items`` into ``parts`` lists like cards: item i goes to list i mod parts.
-
-    >>> round_robin(["a", "b", "c", "d", "e"], 2)
-    [['a', 'c', 'e'], ['b', 'd']]
-    """
-    if parts < 1:
-        raise FedpktError(f"cannot split clients into {parts} parts (expected >= 1)")
-    return [list(items[k::parts]) for k in range(parts)]
-
-
-def gpu_for_node(index: int, gpus: Sequence[int]) -> int | None:
-    """The GPU SuperNode ``index`` is pinned to: round-robin over ``gpus``; None means CPU."""
-    return gpus[index % len(gpus)] if gpus else None
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``."""
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\s\[\]]+):(\d+)", text.strip())
-    if not match:
-        raise FedpktError(f"address '{text}' is not HOST:PORT (e.g. 10.0.0.5:9092)")
-    host = match[1] or match[3]
-    port = int(match[2] or match[4])
-    if not 1 <= port <= 65535:
-        raise FedpktError(f"address '{text}': port {port} is not in 1-65535")
-    return host, port
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def connect_host(bind_host: str) -> str:
-    """The address a local client uses for a server bound to ``bind_host``."""
-    return "127.0.0.1" if bind_host in ("0.0.0.0", "::", "localhost") else bind_host
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS reports free on ``host`` right now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def ensure_port_free(host: str, port: int) -> None:
-    """Fail with one line when ``port`` cannot be bound on ``host`` (what the server would do)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise FedpktError(
-                    f"port {port} on {host} is in use (expected a free port; "
-                    "leave --port out to pick one)"
-                ) from None
-            raise FedpktError(f"cannot bind {format_address(host, port)}: {err.strerror}") from None
-
-
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail with one line unless a TCP connection to ``address`` opens within ``timeout``."""
-    host, port = parse_address(address)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise FedpktError(
-            f"SuperLink address '{address}' is unreachable ({reason}); "
-            "expected HOST:PORT of a running SuperLink"
-        ) from None
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((connect_host(host), port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def flower_bin_dir() -> Path:
-    """Where Flower's executables are: beside this interpreter (the venv's ``bin``)."""
-    return Path(sys.executable).parent
-
-
-def flower_executable(name: str) -> str:
-    """Absolute path of one Flower executable; the venv's first, then ``PATH``."""
-    local = flower_bin_dir() / name
-    if local.is_file():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise FedpktError(
-            f"Flower executable '{name}' not found beside {sys.executable} nor on PATH "
-            "(expected flwr>=1.42 installed in this environment)"
-        )
-    return found
 
 
 def app_directory() -> Path:
@@ -221,146 +137,6 @@ def app_directory() -> Path:
             "fedpkt source tree (an editable install)"
         )
     return root
-
-
-def last_line(path: Path, default: str = "(empty log)") -> str:
-    """The last non-blank line of a log file, stripped of ANSI colours (for one-line errors)."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return default
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    return lines[-1] if lines else default
-
-
-# -- processes ----------------------------------------------------------------------------------
-@dataclass
-class Started:
-    """One process the launcher started, in its own process group (pgid == pid)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    argv: list[str]
-    log: Path
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie (a zombie is dead, only waiting for its parent to reap it)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-class ProcessSet:
-    """The processes of one launch: start them, watch them, and stop every one of them.
-
-    ``refresh`` remembers every descendant seen (Flower detaches some helpers into their own
-    sessions, so process groups alone do not cover them); ``stop`` signals the groups and the
-    remembered descendants and waits until none is alive.
-    """
-
-    def __init__(self, record: Path) -> None:
-        self.record = record
-        self.started: list[Started] = []
-        self._descendants: dict[int, psutil.Process] = {}
-        self._logs: list[IO[bytes]] = []
-
-    def start(
-        self, name: str, argv: list[str], env: dict[str, str], log: Path, **info: Any
-    ) -> Started:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        handle = log.open("ab")
-        self._logs.append(handle)
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own session and process group: Ctrl-C reaches only us
-        )
-        started = Started(name, popen, argv, log, dict(info))
-        self.started.append(started)
-        self.write_record()
-        return started
-
-    def get(self, name: str) -> Started:
-        return next(s for s in self.started if s.name == name)
-
-    def write_record(self) -> None:
-        rows = [
-            {
-                "name": s.name,
-                "pid": s.pid,
-                "pgid": s.pid,
-                "argv": s.argv,
-                "log": str(s.log),
-                "exit_code": s.popen.returncode,
-                **s.info,
-            }
-            for s in self.started
-        ]
-        atomic_write_json(self.record, {"processes": rows})
-
-    def refresh(self) -> None:
-        """Remember the current descendants of every started process."""
-        for s in self.started:
-            if not s.running():
-                continue
-            try:
-                for child in psutil.Process(s.pid).children(recursive=True):
-                    self._descendants.setdefault(child.pid, child)
-            except psutil.Error:
-                continue
-
-    def _living(self) -> list[psutil.Process]:
-        self.refresh()
-        procs: dict[int, psutil.Process] = {}
-        for s in self.started:
-            if s.running():
-                with contextlib.suppress(psutil.Error):
-                    procs[s.pid] = psutil.Process(s.pid)
-        procs.update(self._descendants)
-        return [p for p in procs.values() if _alive(p)]
-
-    def _signal_all(self, sig: signal.Signals) -> None:
-        for s in self.started:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(s.pid, sig)  # the group outlives its leader: still reachable
-        for proc in self._descendants.values():
-            with contextlib.suppress(psutil.Error):
-                if _alive(proc):
-                    proc.send_signal(sig)
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every group and descendant, SIGKILL what is left after ``grace`` seconds."""
-        self.refresh()
-        self._signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while self._living() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for _ in range(3):
-            if not self._living():
-                break
-            self._signal_all(signal.SIGKILL)
-            time.sleep(0.5)
-        for s in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                s.popen.wait(timeout=5)
-        self.write_record()
-        for handle in self._logs:
-            handle.close()
-        self._logs.clear()
 
 
 @contextlib.contextmanager
@@ -396,87 +172,6 @@ def _shielded() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-# -- the flwr CLI -------------------------------------------------------------------------------
-class FlowerCli:
-    """``flwr`` subcommands against one SuperLink, with a private FLWR_HOME (never ~/.flwr)."""
-
-    def __init__(self, home: Path, address: str, ca_cert: Path | None, log: Path) -> None:
-        self.home = home
-        self.address = address
-        self.log = log
-        connection: dict[str, Any] = {"address": address}
-        if ca_cert is None:
-            connection["insecure"] = True
-        else:
-            connection["root-certificates"] = str(ca_cert)
-        text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
-        atomic_write_text(home / "config.toml", text)
-
-    def call(self, args: list[str], timeout: float = 120.0) -> dict[str, Any]:
-        """Run ``flwr ARGS CONNECTION --format json``; the parsed JSON, or a one-line error."""
-        argv = [flower_executable("flwr"), *args, CONNECTION, "--format", "json"]
-        env = {**child_env(), "FLWR_HOME": str(self.home)}
-        try:
-            done = subprocess.run(
-                argv, env=env, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
-            )
-        except subprocess.TimeoutExpired:
-            raise FedpktError(f"'flwr {args[0]}' did not answer within {timeout:.0f} s") from None
-        out = done.stdout.decode("utf-8", errors="replace")
-        with self.log.open("a", encoding="utf-8") as handle:
-            handle.write(f"$ flwr {' '.join(args)}\n{out}{done.stderr.decode(errors='replace')}\n")
-        start = out.find("{")
-        try:
-            reply = json.loads(out[start:]) if start >= 0 else {}
-        except json.JSONDecodeError:
-            reply = {}
-        if not reply.get("success"):
-            message = str(reply.get("error-message", "")) or out or done.stderr.decode()
-            lines = [line.strip() for line in message.splitlines() if line.strip()]
-            detail = lines[-1] if lines else f"exit code {done.returncode}"
-            raise FedpktError(f"'flwr {args[0]}' against {self.address} failed: {detail}")
-        return reply
-
-    def online_nodes(self) -> int:
-        nodes = self.call(["supernode", "list"], timeout=60).get("nodes", [])
-        return sum(1 for node in nodes if node.get("status") == "online")
-
-    def register(self, public_key: Path) -> str:
-        return str(self.call(["supernode", "register", str(public_key)], timeout=60)["node-id"])
-
-    def submit(self, app: Path, run_config: Path) -> int:
-        reply = self.call(["run", str(app), "--run-config", str(run_config)], timeout=300)
-        return int(reply["run-id"])
-
-    def status(self, run_id: int) -> tuple[str, str]:
-        """(status, details) of one run, e.g. ("finished:failed", "ServerApp failed with ...")."""
-        runs = self.call(["list", "--run-id", str(run_id)], timeout=60).get("runs", [])
-        if not runs:
-            return "unknown", ""
-        return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
-
-    def save_log(self, run_id: int, path: Path) -> None:
-        """Write the ServerApp's log (``flwr log RUN --show``) to ``path``; best effort."""
-        argv = [flower_executable("flwr"), "log", str(run_id), CONNECTION, "--show"]
-        env = {**child_env(), "FLWR_HOME": str(self.home)}
-        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-            done = subprocess.run(
-                argv, env=env, capture_output=True, timeout=60, stdin=subprocess.DEVNULL
-            )
-            atomic_write_text(path, done.stdout.decode("utf-8", errors="replace"))
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of every Flower process: venv executables first, no phoning home."""
-    env = dict(os.environ)
-    env["PATH"] = f"{flower_bin_dir()}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    env.update(extra or {})
-    return env
-
-
 # -- following the run ---------------------------------------------------------------------------
 class MetricsFollower:
     """New complete lines of ``metrics.jsonl`` since the follower was made (resume-safe)."""
@@ -497,83 +192,6 @@ class MetricsFollower:
 
 
 # -- the launch ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LaunchOptions:
-    """What ``fedpkt launch`` was asked for (the CLI flags, validated here)."""
-
-    supernodes: int = 2
-    gpus: tuple[int, ...] = ()
-    insecure: bool = False
-    join: str | None = None
-    host: str = "127.0.0.1"
-    port: int | None = None
-    tls_names: tuple[str, ...] = ()
-    ca_cert: Path | None = None
-    server_cert: Path | None = None
-    server_key: Path | None = None
-    node_auth: bool = False
-    shard: tuple[int, int] = (0, 1)
-    wait_for_nodes: int | None = None
-    phases: str = "all"
-    resume: bool = False
-    startup_timeout_s: float = 180.0
-    status_every_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    """One SuperNode: its name, GPU (None: CPU) and the clients it serves."""
-
-    name: str
-    gpu: int | None
-    client_ids: tuple[str, ...]
-
-
-def validate_options(options: LaunchOptions) -> None:
-    """Reject contradictory or impossible flags before anything is started."""
-    if options.supernodes < 1:
-        raise FedpktError(f"--supernodes {options.supernodes}: expected at least 1")
-    if options.phases not in PHASES:
-        raise FedpktError(f"--phase '{options.phases}' is not one of {', '.join(PHASES)}")
-    if options.port is not None and not 1 <= options.port <= 65535:
-        raise FedpktError(f"--port {options.port} is not in 1-65535")
-    if options.insecure and options.node_auth:
-        raise FedpktError("--node-auth needs TLS: drop --insecure")
-    if options.insecure and (options.server_cert or options.server_key or options.ca_cert):
-        raise FedpktError("--insecure contradicts the given TLS files: use one or the other")
-    if options.join is not None:
-        parse_address(options.join)
-        if options.server_cert or options.server_key:
-            raise FedpktError(
-                "--join starts SuperNodes only: they need --ca-cert, not --server-cert/--server-key"
-            )
-        if options.wait_for_nodes is not None:
-            raise FedpktError("--wait-for-nodes belongs on the machine that runs the SuperLink")
-    elif options.wait_for_nodes is not None and options.wait_for_nodes < options.supernodes:
-        raise FedpktError(
-            f"--wait-for-nodes {options.wait_for_nodes} is fewer than --supernodes "
-            f"{options.supernodes} started here"
-        )
-    if options.gpus:
-        check_gpus(options.gpus, cuda_device_count())
-
-
-def plan_nodes(client_ids: Sequence[str], options: LaunchOptions) -> list[NodePlan]:
-    """Which clients and GPU each local SuperNode gets (this machine's shard, dealt round-robin)."""
-    index, count = options.shard
-    mine = round_robin(list(client_ids), count)[index]
-    if len(mine) < options.supernodes:
-        raise FedpktError(
-            f"--supernodes {options.supernodes} is more than the {len(mine)} clients this "
-            f"machine serves (shard {index}/{count} of {len(client_ids)}); use fewer SuperNodes"
-        )
-    shares = round_robin(mine, options.supernodes)
-    return [
-        NodePlan(f"supernode-{k}", gpu_for_node(k, options.gpus), tuple(shares[k]))
-        for k in range(options.supernodes)
-    ]
-
-
 def node_config(cfg: FedpktConfig, run: RunDir, client_ids: Sequence[str]) -> dict[str, Any]:
     """The node config one SuperNode serves from (the same keys ``fedpkt simulate`` binds)."""
     return {
@@ -659,7 +277,7 @@ class Launch:
         env = child_env({"FLWR_HOME": str(self.home("superlink"))})
         link = self.processes.start("superlink", argv, env, self.logs / "superlink.log", port=port)
         deadline = time.monotonic() + o.startup_timeout_s
-        while not _port_open(o.host, port):
+        while not port_open(o.host, port):
             if not link.running():
                 text = link.log.read_text(encoding="utf-8", errors="replace").lower()
                 if "address already in use" in text:  # taken between our check and its bind
