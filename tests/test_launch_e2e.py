@@ -167,8 +167,11 @@ def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) 
     SIGINT (Ctrl-C) to each launcher: both exit 130 and leave nothing running."""
     head_dir, join_dir = tmp_path / "head", tmp_path / "join"
     head_args = ["--phase", "source", "--shard", "0/2", "--wait-for-nodes", "3"]
+    # Enough rounds that phase 1 is still running when Ctrl-C comes, however fast or loaded
+    # the machine: with the reduced 2 rounds a loaded CI run once finished first (exit 0).
+    long_phase1 = {"phase1.rounds": "50"}
     head = subprocess.Popen(
-        _command(head_dir, *head_args, supernodes=2),
+        _command(head_dir, *head_args, supernodes=2, **long_phase1),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -191,7 +194,7 @@ def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) 
         ca = head_dir / "certs" / "ca.pem"
         join_args = ["--join", f"127.0.0.1:{port}", "--ca-cert", str(ca), "--shard", "1/2"]
         joined = subprocess.Popen(
-            _command(join_dir, *join_args, supernodes=1),
+            _command(join_dir, *join_args, supernodes=1, **long_phase1),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
