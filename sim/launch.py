@@ -141,7 +141,12 @@ def app_directory() -> Path:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so the same cleanup path runs for all three."""
+    """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt so one cleanup path runs for all.
+
+    SIGINT is set too, not left to Python's default: a launcher started as a background job
+    of a script inherits SIGINT *ignored* (POSIX shells do that, and Python keeps it), and
+    Ctrl-C or ``kill -INT`` must still stop every process it started.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -149,7 +154,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:

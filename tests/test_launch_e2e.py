@@ -170,6 +170,10 @@ def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) 
     # Enough rounds that phase 1 is still running when Ctrl-C comes, however fast or loaded
     # the machine: with the reduced 2 rounds a loaded CI run once finished first (exit 0).
     long_phase1 = {"phase1.rounds": "50"}
+
+    def ignore_sigint() -> None:  # as a background job of a script inherits: must not matter
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     head = subprocess.Popen(
         _command(head_dir, *head_args, supernodes=2, **long_phase1),
         cwd=ROOT,
@@ -177,6 +181,7 @@ def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) 
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=ignore_sigint,
     )
     joined: subprocess.Popen | None = None
     node_logs = [head_dir / "logs" / f"supernode-{k}.log" for k in range(2)]
@@ -200,6 +205,7 @@ def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) 
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=ignore_sigint,
         )
         join_log = join_dir / "logs" / "supernode-0.log"
         _wait_until(
