@@ -125,6 +125,29 @@ class Phase2Config(_Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     max_clients: int = Field(0, ge=0, description="Personalize at most this many B/C clients.")
+    cohort_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Personas a node trains and evaluates together, one backbone pass per "
+        "step (each keeps its own prefix, optimizer, schedule and early stopping); 1 trains "
+        "them one at a time, as on real devices.",
+    )
+    personas_per_message: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Most personas one phase-2 message asks a node to personalize; the "
+        "cohort's free slots refill from them (continuous batching) and results stream per "
+        "message. 0: 4 x cohort_size, or 1 when cohort_size is 1 (one persona per message).",
+    )
+
+    @property
+    def message_personas(self) -> int:
+        """Personas per phase-2 message: ``personas_per_message``, or its default (0)."""
+        if self.personas_per_message:
+            return self.personas_per_message
+        return 1 if self.cohort_size == 1 else 4 * self.cohort_size
     finetune_lr: float = Field(
         5e-5,
         gt=0.0,
@@ -190,6 +213,20 @@ class PrivacyConfig(_Section):
     )
 
 
+class SimulationConfig(_Section):
+    clients_per_node: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="Personas each virtual SuperNode of `fedpkt simulate` hosts (node p of N "
+        "serves manifest clients p, p+N, ...). Flower's Simulation Engine polls every node for "
+        "every message in flight, so fewer nodes keep its server thread cheap at paper scale.",
+    )
+    workers: int = Field(
+        0, ge=0, le=1024, description="Ray workers (ClientApp processes); 0: one per CPU, at most 8."
+    )
+
+
 class FedpktConfig(_Section):
     """The whole resolved configuration of one run."""
 
@@ -204,6 +241,7 @@ class FedpktConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     dp: DPConfig = Field(default_factory=DPConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> FedpktConfig:
@@ -216,6 +254,11 @@ class FedpktConfig(_Section):
             raise ValueError(
                 f"dp.client_dp='{self.dp.client_dp}' clips each client update on the server, "
                 "which privacy.secagg=true hides; use one of the two"
+            )
+        if 0 < self.phase2.personas_per_message < self.phase2.cohort_size:
+            raise ValueError(
+                f"phase2.personas_per_message={self.phase2.personas_per_message} must be >= "
+                f"phase2.cohort_size={self.phase2.cohort_size} (a message fills the cohort)"
             )
         if self.eval.c_backend == "model" and not self.eval.nli_model:
             raise ValueError("eval.nli_model must name an NLI model when eval.c_backend='model'")

@@ -77,7 +77,8 @@ from fedpkt.config import DPConfig, FedpktConfig, Phase1Config, PrivacyConfig
 from fedpkt.errors import FedpktError
 from fedpkt.source import ClientUpdate
 from fedpkt.train.dp import RDP_ALPHAS
-from server.strategy import SourcePrefixStrategy, from_array_record, to_array_record
+from server.strategy import SourcePrefixStrategy
+from wire import CLIENT_ID, CONFIG, from_array_record, to_array_record
 
 Arrays = dict[str, np.ndarray]
 
@@ -365,7 +366,7 @@ class SecAggPlusTraining(_SourceEvaluation):
         messages = list(self.source.configure_train(server_round, arrays, ConfigRecord(), grid))
         names = sorted(self.source.trainer.theta)
         theta = self.source.trainer.theta
-        ids = [str(m.content["config"]["client-id"]) for m in messages]
+        ids = [str(m.content[CONFIG][CLIENT_ID]) for m in messages]
         weights = secagg_weights(self.source.cfg, self.source.trainer.counts, ids)
         instructions = []
         for msg, weight in zip(messages, weights, strict=True):

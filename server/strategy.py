@@ -15,7 +15,6 @@ from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -30,6 +29,7 @@ from flwr.supercore import log
 from fedpkt.errors import FedpktError
 from fedpkt.rundir import RunDir
 from fedpkt.source import ClientUpdate, SourceTrainer, client_seed
+from wire import CLIENT_ID, CONFIG, from_array_record, to_array_record
 
 Arrays = dict[str, np.ndarray]
 
@@ -54,14 +54,6 @@ class ClientDirectory:
         return [e for cid, e in sorted(self.entries.items()) if e.part == part]
 
 
-def to_array_record(arrays: Arrays) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def from_array_record(record: ArrayRecord) -> Arrays:
-    return {key: array.numpy() for key, array in record.items()}
-
-
 def client_message(
     entry: ClientEntry,
     message_type: str,
@@ -69,7 +61,7 @@ def client_message(
     arrays: Arrays | None = None,
 ) -> Message:
     """One message to one client: the common config plus (optionally) prefix arrays."""
-    content = RecordDict({"config": ConfigRecord({"client-id": entry.client_id, **config})})
+    content = RecordDict({CONFIG: ConfigRecord({CLIENT_ID: entry.client_id, **config})})
     if arrays is not None:
         content["arrays"] = to_array_record(arrays)
     return Message(content=content, message_type=message_type, dst_node_id=entry.node_id)
@@ -157,7 +149,7 @@ class SourcePrefixStrategy(Strategy):
                     self.directory.entries[cid], MessageType.TRAIN, {**common, **extra}, theta
                 )
             )
-        self._sent = {str(m.content["config"]["client-id"]): m for m in messages}
+        self._sent = {str(m.content[CONFIG][CLIENT_ID]): m for m in messages}
         return messages
 
     def _reply_client(self, msg: Message) -> str:
