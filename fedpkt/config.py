@@ -148,6 +148,7 @@ class Phase2Config(_Section):
         if self.personas_per_message:
             return self.personas_per_message
         return 1 if self.cohort_size == 1 else 4 * self.cohort_size
+
     finetune_lr: float = Field(
         5e-5,
         gt=0.0,
@@ -223,7 +224,7 @@ class SimulationConfig(_Section):
         "every message in flight, so fewer nodes keep its server thread cheap at paper scale.",
     )
     workers: int = Field(
-        0, ge=0, le=1024, description="Ray workers (ClientApp processes); 0: one per CPU, at most 8."
+        0, ge=0, le=1024, description="Ray workers (ClientApp processes); 0: one per CPU (max 8)."
     )
 
 
