@@ -97,8 +97,8 @@ def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]
     """A progress display for a federated run and the event callback that drives it.
 
     The callback takes the events the server logs to ``metrics.jsonl``: a ``round`` advances
-    phase 1 (``phase1_skipped`` empties it), a ``client`` advances phase 2, a ``client_failed``
-    is printed.
+    phase 1 (``phase1_skipped`` empties it), ``phase2_start`` sets phase 2's total (and the
+    personas a resumed run kept), a ``client`` advances phase 2, a ``client_failed`` is printed.
     """
     progress = task_progress()
     with progress:
@@ -113,6 +113,8 @@ def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]
                 if event.get("failures"):
                     info += f" ({event['failures']} clients left out)"
                 progress.update(rounds_task, completed=event["round"], info=info)
+            elif kind == "phase2_start":
+                progress.update(clients_task, total=event["personas"], completed=event["kept"])
             elif kind == "client":
                 progress.update(clients_task, advance=1, info=f"{event['client_id']}")
             elif kind == "phase1_skipped":

@@ -16,15 +16,12 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import (
-    Array,
-    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -44,7 +41,18 @@ from fedpkt.eval.consistency import ConsistencyScorer, make_scorer
 from fedpkt.local import LocalClient, metrics_only
 from fedpkt.model.backbone import load_backbone
 from fedpkt.personal import PERSONALIZED_ENTRY
+from fedpkt.personalize import PersonaFailure, PersonaTask, personalize_cohort
 from fedpkt.privacy.vault import Vault
+from wire import (
+    CLIENT_IDS,
+    CONFIG,
+    FAILED,
+    FEDPKT_CONFIG,
+    SEEDS,
+    arrays_of,
+    persona_metrics_record,
+    to_array_record,
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class ClientSettings:
 
 
 def settings_from_context(context: Context, defaults: dict[str, Any]) -> ClientSettings:
-    """Merge defaults < run config < node config; map a simulation partition to its client."""
+    """Merge defaults < run config < node config; map a simulation partition to its clients."""
     merged: dict[str, Any] = {**defaults, **dict(context.run_config), **dict(context.node_config)}
     run_dir = str(merged.get("run-dir", ""))
     if "data-root" not in merged and run_dir:
@@ -79,13 +87,9 @@ def settings_from_context(context: Context, defaults: dict[str, Any]) -> ClientS
     if ids_text:
         client_ids = tuple(c for c in ids_text.split(",") if c)
     elif "partition-id" in merged:
-        partition = int(merged["partition-id"])
-        if partition >= len(manifest_ids):
-            raise FedpktError(
-                f"partition-id {partition} has no client: the data root holds "
-                f"{len(manifest_ids)} clients"
-            )
-        client_ids = (manifest_ids[partition],)
+        client_ids = partition_clients(
+            manifest_ids, int(merged["partition-id"]), int(merged.get("num-partitions", 0))
+        )
     else:
         client_ids = manifest_ids
     unknown = sorted(set(client_ids) - set(manifest_ids))
@@ -99,6 +103,22 @@ def settings_from_context(context: Context, defaults: dict[str, Any]) -> ClientS
         record_payloads=bool(merged.get("record-payloads", True)),
         client_ids=client_ids,
     )
+
+
+def partition_clients(
+    manifest_ids: tuple[str, ...], partition: int, num_partitions: int
+) -> tuple[str, ...]:
+    """The clients simulated node ``partition`` of ``num_partitions`` serves: manifest clients
+    partition, partition + N, partition + 2N, ... (round robin, so every node holds a mix of
+    Parts A/B/C and phase-2 cohorts spread over the nodes). ``num_partitions`` 0 means one
+    client per node (node p serves client p)."""
+    count = num_partitions or len(manifest_ids)
+    if not 0 <= partition < count or partition >= len(manifest_ids):
+        raise FedpktError(
+            f"partition-id {partition} has no client: the data root holds "
+            f"{len(manifest_ids)} clients over {count} nodes"
+        )
+    return manifest_ids[partition::count]
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,15 +159,10 @@ def _scorer(config_text: str) -> ConsistencyScorer:
     return make_scorer(_config(config_text).eval)
 
 
-def _arrays_of(content: RecordDict) -> dict[str, np.ndarray] | None:
-    record = content.array_records.get("arrays")
-    if record is None or len(record) == 0:
-        return None
-    return {key: array.numpy() for key, array in record.items()}
-
-
-def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    """An error as one short line (what a failed persona's reply may say about it)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:limit]
 
 
 class _Request:
@@ -210,7 +225,7 @@ def make_client_app(
     def train(msg: Message, context: Context) -> Message:
         """Phase 1: W_i = k SGD steps from the received θ; reply W_i, n_i and the loss."""
         request = _Request(msg, settings(context))
-        theta = _arrays_of(msg.content)
+        theta = arrays_of(msg.content)
         if theta is None:
             raise FedpktError("phase-1 train message carries no prefix arrays")
         config = request.config
@@ -228,7 +243,7 @@ def make_client_app(
         if result.epsilon is not None:
             metrics["epsilon"] = float(result.epsilon)
         content = RecordDict(
-            {"arrays": _array_record(result.arrays), "metrics": MetricRecord(metrics)}
+            {"arrays": to_array_record(result.arrays), "metrics": MetricRecord(metrics)}
         )
         return Message(content, reply_to=msg)
 
@@ -236,7 +251,7 @@ def make_client_app(
     def evaluate(msg: Message, context: Context) -> Message:
         """Federated validation: the loss of θ on this client's validation split."""
         request = _Request(msg, settings(context))
-        theta = _arrays_of(msg.content)
+        theta = arrays_of(msg.content)
         if theta is None:
             raise FedpktError("evaluate message carries no prefix arrays")
         loss, count = request.client.validation_loss(theta)
@@ -245,20 +260,55 @@ def make_client_app(
 
     @app.train("personalize")
     def personalize(msg: Message, context: Context) -> Message:
-        """Phase 2: personalize from the source prefix, store it encrypted, reply metrics only."""
+        """Phase 2 for a cohort of this node's personas: personalize each from the source
+        prefix, store it encrypted in its own vault, reply metric scalars only.
+
+        The reply holds one MetricRecord per persona (``metrics/<client id>``) and, for
+        personas that failed, a ``failed`` record with one line each; the others' results are
+        kept whatever happened to one of them.
+        """
         resolved = settings(context)
-        request = _Request(msg, resolved)
-        client = request.client
-        result = client.personalize(
-            _arrays_of(msg.content), seed=request.seed, scorer=_scorer(request.config_text)
-        )
-        vault = Vault(resolved.vault_root / request.client_id, request.client_id)
-        vault.store(
-            PERSONALIZED_ENTRY,
-            {"prefix": result.folded.detach().cpu()},
-            backbone_fingerprint=client.backbone.fingerprint,
-        )
-        content = RecordDict({"metrics": MetricRecord(metrics_only(result.metrics))})
+        config = msg.content.config_records.get(CONFIG)
+        if config is None:
+            raise FedpktError("message has no 'config' record")
+        ids = [str(cid) for cid in config.get(CLIENT_IDS, [])]
+        seeds = [int(seed) for seed in config.get(SEEDS, [])]
+        if not ids or len(ids) != len(seeds):
+            raise FedpktError("personalize message needs client-ids and seeds of one length")
+        config_text = str(config[FEDPKT_CONFIG])
+        failed: dict[str, str] = {}
+        tasks: list[PersonaTask] = []
+        for cid, seed in zip(ids, seeds, strict=True):
+            if cid not in resolved.client_ids:
+                failed[cid] = f"this node does not serve client '{cid}'"
+                continue
+            try:
+                tasks.append(
+                    PersonaTask(_local_client(str(resolved.data_root), cid, config_text), seed)
+                )
+            except (FedpktError, OSError, ValueError) as err:
+                failed[cid] = _one_line(err)
+        outcomes = personalize_cohort(tasks, arrays_of(msg.content), scorer=_scorer(config_text))
+        content = RecordDict()
+        for cid, outcome in outcomes.items():
+            if isinstance(outcome, PersonaFailure):
+                failed[cid] = outcome.reason
+                continue
+            try:
+                metrics = MetricRecord(metrics_only(outcome.metrics))
+                client = next(t.client for t in tasks if t.client.client_id == cid)
+                Vault(resolved.vault_root / cid, cid).store(
+                    PERSONALIZED_ENTRY,
+                    {"prefix": outcome.folded.detach().cpu()},
+                    backbone_fingerprint=client.backbone.fingerprint,
+                )
+            except (FedpktError, OSError, ValueError) as err:
+                failed[cid] = _one_line(err)
+                continue
+            content[persona_metrics_record(cid)] = metrics
+        if failed:
+            log(WARNING, "phase 2: %d of %d personas failed: %s", len(failed), len(ids), failed)
+            content[FAILED] = ConfigRecord(failed)
         return Message(content, reply_to=msg)
 
     return app

@@ -8,8 +8,7 @@ Flower clients and the centralized baselines call exactly this code.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,15 @@ from fedpkt.data.encoding import EncodedExample, encode_examples, render_history
 from fedpkt.data.examples import examples_from_dialogues
 from fedpkt.data.partition import load_client
 from fedpkt.data.schema import ClientData, Example, Split
+from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer
-from fedpkt.eval.scoring import score_responses
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.generate import generate_replies
 from fedpkt.model.prefix import PersonaPrefix, load_prefix_arrays, prefix_arrays, prefix_shape_for
-from fedpkt.train.dp import dp_inner_steps, train_prefix_dp
+from fedpkt.personalize import PersonaFailure, PersonalizeResult, PersonaTask, personalize_cohort
+from fedpkt.train.dp import dp_inner_steps
 from fedpkt.train.inner_loop import sgd_inner_steps
 from fedpkt.train.loop import evaluate_loss
-from fedpkt.train.prefix_training import train_prefix
 
 Arrays = dict[str, np.ndarray]
 
@@ -45,20 +44,17 @@ class StepResult:
     epsilon: float | None = None
 
 
-@dataclass
-class PersonalizeResult:
-    """A phase-2 outcome. Only ``metrics`` ever leaves the client; ``folded`` goes to the vault."""
-
-    metrics: dict[str, float]
-    folded: torch.Tensor
-    generated: list[str] = field(default_factory=list)
-
-
 def new_prefix(backbone: Backbone, cfg: PrefixConfig, seed: int) -> PersonaPrefix:
-    """A freshly initialised reparameterised prefix for this backbone (deterministic in seed)."""
+    """A freshly initialised reparameterised prefix for this backbone (deterministic in seed).
+
+    Float32 whatever the backbone's dtype (bf16/fp16 backbones train float32 prefixes), except
+    under a float64 backbone, where the prefix is float64 too: the equivalence tests of cohort
+    training run in float64 so that rounding cannot flip a beam or a stopping epoch.
+    """
     shape = prefix_shape_for(backbone.model.config, cfg.num_virtual_tokens)
     prefix = PersonaPrefix(shape, cfg.projection_hidden, seed=seed, init_std=cfg.init_std)
-    return prefix.to(backbone.device)
+    dtype = torch.float64 if backbone.model.dtype == torch.float64 else torch.float32
+    return prefix.to(device=backbone.device, dtype=dtype)
 
 
 class LocalClient:
@@ -150,57 +146,16 @@ class LocalClient:
         phase2: Phase2Config | None = None,
         generation: GenerationConfig | None = None,
     ) -> PersonalizeResult:
-        """Train this persona's prefix from the source prefix (or random), then evaluate locally.
+        """This persona alone through ``personalize_cohort`` (a cohort of one).
 
-        Returns scalar metrics (the only thing a phase-2 client sends) and the folded prefix
-        (which the caller stores in the client's vault).
+        Raises FedpktError with the persona's one-line reason when it fails.
         """
-        phase2 = phase2 or self.cfg.phase2
-        generation = generation or self.cfg.generation
-        started = time.perf_counter()
-        prefix = self.prefix_from(source if phase2.init == "source" else None, seed)
-        test = self.encoded["test"]
-        model = self.backbone.model
-        init_test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
-        epsilon: float | None = None
-        train, valid = self.encoded["train"], self.encoded["valid"]
-        schedule = {
-            "lr": phase2.lr,
-            "batch_size": phase2.batch_size,
-            "max_epochs": phase2.max_epochs,
-            "patience": phase2.patience,
-            "warmup_ratio": phase2.warmup_ratio,
-            "weight_decay": phase2.weight_decay,
-            "seed": seed,
-        }
-        if self.cfg.dp.enabled:  # per-example clipping replaces global clipping
-            private = train_prefix_dp(self.backbone, prefix, train, valid, self.cfg.dp, **schedule)
-            trained, epsilon = private.result, private.epsilon
-        else:
-            trained = train_prefix(
-                self.backbone, prefix, train, valid, max_grad_norm=phase2.max_grad_norm, **schedule
-            )
-        test_loss = evaluate_loss(model, prefix, test, phase2.batch_size)
-        folded = prefix.fold()
-        generated = self.generate(folded, self.examples["test"], generation)
-        references = [ex.response.text for ex in self.examples["test"]]
-        scores = score_responses(generated, references, self.data.persona, scorer)
-        metrics: dict[str, float] = {
-            "f1": scores["f1"],
-            "f1_2gram": scores["f1_2gram"],
-            "lcs_f1": scores["lcs_f1"],
-            "c_score": scores["c_score"],
-            "test_loss": float(test_loss),
-            "init_test_loss": float(init_test_loss),
-            "n_test_responses": float(len(references)),
-            "n_train_dialogues": float(self.data.num_dialogues("train")),
-            "epochs": float(len(trained.valid_losses)),
-            "best_epoch": float(trained.best_epoch),
-            "seconds": time.perf_counter() - started,
-        }
-        if epsilon is not None:
-            metrics["epsilon"] = epsilon
-        return PersonalizeResult(metrics=metrics, folded=folded, generated=generated)
+        outcome = personalize_cohort(
+            [PersonaTask(self, seed)], source, scorer=scorer, phase2=phase2, generation=generation
+        )[self.client_id]
+        if isinstance(outcome, PersonaFailure):
+            raise FedpktError(outcome.reason)
+        return outcome
 
     def generate(
         self, folded: torch.Tensor | None, examples: list[Example], generation: GenerationConfig
@@ -209,13 +164,10 @@ class LocalClient:
         if not examples:
             return []
         prompts = [render_history(ex.history) for ex in examples]
-        states = None
-        if folded is not None:
-            states = folded.unsqueeze(0).expand(len(prompts), -1, -1)
         return generate_replies(
             self.backbone.model,
             self.backbone.tokenizer,
-            states,
+            folded,
             prompts,
             num_beams=generation.num_beams,
             max_new_tokens=generation.max_new_tokens,

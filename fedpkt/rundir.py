@@ -69,12 +69,14 @@ class RunDir:
         return load_config(self.config_path)
 
     def log_event(self, event: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (O_APPEND: lines stay whole)."""
+        """Append one JSON line to ``metrics.jsonl`` (O_APPEND keeps lines whole; fsync makes
+        a logged result survive a crash right after, which phase-2 resume relies on)."""
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"time": time.time(), **event}, sort_keys=True) + "\n"
         fd = os.open(self.metrics_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
         finally:
             os.close(fd)
 

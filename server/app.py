@@ -10,8 +10,9 @@ SuperLink, from the run config keys ``run-dir``, ``config``, ``set`` (``;``-sepa
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
@@ -33,16 +34,23 @@ from fedpkt.report import write_report
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from fedpkt.source import SourceTrainer, client_seed, initial_theta
 from server.secure import client_dp_section, phase1_hooks
-from server.strategy import (
-    ClientDirectory,
-    ClientEntry,
-    SourcePrefixStrategy,
-    client_message,
-    reply_client,
+from server.strategy import ClientDirectory, ClientEntry, SourcePrefixStrategy
+from wire import (
+    ARRAYS,
+    CLIENT_IDS,
+    CONFIG,
+    FAILED,
+    FEDPKT_CONFIG,
+    PERSONALIZE_TYPE,
+    PHASE,
+    PHASE_PERSONALIZE,
+    SEEDS,
+    SERVER_ROUND,
+    persona_metrics_record,
+    to_array_record,
 )
 
 Arrays = dict[str, np.ndarray]
-PHASE2_METRICS = ("f1", "f1_2gram", "lcs_f1", "c_score")
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,74 @@ def load_source_prefix(run: RunDir) -> Arrays:
     return load_safetensors(run.source_prefix.read_bytes())
 
 
+def phase2_targets(directory: ClientDirectory, cfg: FedpktConfig) -> list[ClientEntry]:
+    """The Part B/C clients phase 2 personalizes: all, or a seeded draw of ``max_clients``."""
+    targets = directory.part("B") + directory.part("C")
+    if cfg.phase2.max_clients:
+        rng = np.random.default_rng([cfg.seed, 2])
+        keep = sorted(
+            rng.choice(len(targets), size=min(cfg.phase2.max_clients, len(targets)), replace=False)
+        )
+        targets = [targets[i] for i in keep]
+    return targets
+
+
+def cohort_messages(
+    targets: list[ClientEntry], cfg: FedpktConfig, source: Arrays | None
+) -> list[tuple[Message, list[ClientEntry]]]:
+    """Phase-2 messages: each node's targets in chunks of ``phase2.message_personas``.
+
+    A message names its personas (``client-ids``) and their seeds; the node trains them
+    ``phase2.cohort_size`` at a time. Seeds depend on the run seed and the client id only, so
+    a persona's result does not depend on which cohort it lands in.
+    """
+    by_node: dict[int, list[ClientEntry]] = {}
+    for entry in targets:
+        by_node.setdefault(entry.node_id, []).append(entry)
+    config_text = config_to_toml(cfg)
+    size = cfg.phase2.message_personas
+    out: list[tuple[Message, list[ClientEntry]]] = []
+    for node_id, entries in by_node.items():
+        for start in range(0, len(entries), size):
+            chunk = entries[start : start + size]
+            config = {
+                FEDPKT_CONFIG: config_text,
+                PHASE: PHASE_PERSONALIZE,
+                SERVER_ROUND: 0,
+                CLIENT_IDS: [e.client_id for e in chunk],
+                SEEDS: [client_seed(cfg.seed, 0, e.client_id, "personalize") for e in chunk],
+            }
+            content = RecordDict({CONFIG: ConfigRecord(config)})
+            if source is not None:
+                content[ARRAYS] = to_array_record(source)
+            message = Message(content=content, message_type=PERSONALIZE_TYPE, dst_node_id=node_id)
+            out.append((message, chunk))
+    return out
+
+
+def stream_replies(
+    grid: Grid, messages: list[Message], idle_timeout_s: float
+) -> Iterator[tuple[Message, Message | None]]:
+    """Push ``messages``; yield (request, reply) as each reply arrives, then (request, None)
+    for every request left unanswered once no reply came for ``idle_timeout_s`` seconds."""
+    ids = list(grid.push_messages(messages))
+    pending = dict(zip(ids, messages, strict=True))
+    last_reply = time.monotonic()
+    while pending:
+        replies = list(grid.pull_messages(list(pending)))
+        for reply in replies:
+            request = pending.pop(reply.metadata.reply_to_message_id, None)
+            if request is not None:
+                last_reply = time.monotonic()
+                yield request, reply
+        if pending and time.monotonic() - last_reply > idle_timeout_s:
+            break
+        if not replies:
+            time.sleep(0.2)
+    for request in pending.values():
+        yield request, None
+
+
 def run_phase2(
     grid: Grid,
     run: RunDir,
@@ -181,54 +257,67 @@ def run_phase2(
     source: Arrays | None,
     settings: ServerSettings,
 ) -> list[dict[str, Any]]:
-    """Send θ_source (None: random init) to every Part B/C client; collect metric scalars."""
-    targets = directory.part("B") + directory.part("C")
-    if cfg.phase2.max_clients:
-        rng = np.random.default_rng([cfg.seed, 2])
-        keep = sorted(
-            rng.choice(len(targets), size=min(cfg.phase2.max_clients, len(targets)), replace=False)
+    """Send θ_source (None: random init) to every Part B/C client; collect metric scalars.
+
+    Each persona's result is logged to ``metrics.jsonl`` as its message's reply arrives. A
+    resumed run (``settings.resume``) keeps the results already logged and personalizes only
+    the personas without one. Returns one row per persona with a result.
+    """
+    targets = phase2_targets(directory, cfg)
+    wanted = {entry.client_id for entry in targets}
+    kept = {r["client_id"]: r for r in run.events("client") if r.get("client_id") in wanted}
+    if kept and not settings.resume:
+        raise FedpktError(
+            f"'{run.root}' already has phase-2 results for {len(kept)} personas; pass --resume "
+            "to personalize only the others"
         )
-        targets = [targets[i] for i in keep]
-    config_text = config_to_toml(cfg)
-    send = source if cfg.phase2.init == "source" else None
-    messages = [
-        client_message(
-            entry,
-            f"{MessageType.TRAIN}.personalize",
-            {
-                "fedpkt-config": config_text,
-                "phase": "personalize",
-                "server-round": 0,
-                "seed": client_seed(cfg.seed, 0, entry.client_id, "personalize"),
-            },
-            send,
-        )
-        for entry in targets
-    ]
-    sent = {entry.client_id: message for entry, message in zip(targets, messages, strict=True)}
-    by_id = {entry.client_id: entry for entry in targets}
-    rows: list[dict[str, Any]] = []
-    for reply in grid.send_and_receive(messages, timeout=cfg.phase1.client_timeout_s * 4):
-        entry = by_id.get(reply_client(sent, reply))
-        if entry is None:
-            continue
-        if reply.has_error():
-            log(WARNING, "phase 2: client %s failed: %s", entry.client_id, reply.error.reason)
-            run.log_event(
-                {
-                    "event": "client_failed",
-                    "client_id": entry.client_id,
-                    "reason": reply.error.reason,
-                }
-            )
-            continue
-        metrics = dict(reply.content.metric_records["metrics"])
-        row = {"event": "client", "client_id": entry.client_id, "part": entry.part, **metrics}
-        run.log_event(row)
-        rows.append(row)
+    pending = [entry for entry in targets if entry.client_id not in kept]
+
+    def emit(event: dict[str, Any]) -> None:
+        run.log_event(event)
         if settings.on_event is not None:
-            settings.on_event(row)
-    return rows
+            settings.on_event(event)
+
+    emit({"event": "phase2_start", "personas": len(targets), "kept": len(kept)})
+    rows = list(kept.values())
+    if kept:
+        log(INFO, "phase 2: %d personas already have results; %d to go", len(kept), len(pending))
+    plan = cohort_messages(pending, cfg, source if cfg.phase2.init == "source" else None)
+    entries = {id(message): chunk for message, chunk in plan}
+    # No reply for this long means the node is gone: a message holds up to message_personas
+    # personas trained cohort_size at a time, each within the per-client timeout.
+    waves = math.ceil(cfg.phase2.message_personas / cfg.phase2.cohort_size)
+    idle = cfg.phase1.client_timeout_s * 4 * waves
+    for request, reply in stream_replies(grid, [m for m, _ in plan], idle):
+        for entry, outcome in _persona_outcomes(entries[id(request)], reply):
+            if isinstance(outcome, str):
+                log(WARNING, "phase 2: client %s failed: %s", entry.client_id, outcome)
+                emit({"event": "client_failed", "client_id": entry.client_id, "reason": outcome})
+                continue
+            row = {"event": "client", "client_id": entry.client_id, "part": entry.part, **outcome}
+            emit(row)
+            rows.append(row)
+    order = {entry.client_id: i for i, entry in enumerate(targets)}
+    return sorted(rows, key=lambda row: order[row["client_id"]])
+
+
+def _persona_outcomes(
+    entries: list[ClientEntry], reply: Message | None
+) -> list[tuple[ClientEntry, dict[str, float] | str]]:
+    """Each persona's metrics, or the reason it has none, from one phase-2 reply."""
+    if reply is None:
+        return [(entry, "no reply before the timeout") for entry in entries]
+    if reply.has_error():
+        return [(entry, f"client error: {reply.error.reason}") for entry in entries]
+    failed = reply.content.config_records.get(FAILED, {})
+    out: list[tuple[ClientEntry, dict[str, float] | str]] = []
+    for entry in entries:
+        record = reply.content.metric_records.get(persona_metrics_record(entry.client_id))
+        if record is not None:
+            out.append((entry, {key: float(value) for key, value in record.items()}))
+        else:
+            out.append((entry, str(failed.get(entry.client_id, "reply holds no result for it"))))
+    return out
 
 
 def run_server(grid: Grid, settings: ServerSettings) -> None:

@@ -155,12 +155,15 @@ def generate_replies(
         eos_token_id=list(stop_token_ids(tokenizer)),
         pad_token_id=pad_token_id(tokenizer),
     )
-    replies: list[str] = []
+    # Prompts of similar length share a call (less left padding); replies return in order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    replies: list[str] = [""] * len(prompts)
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start : start + batch_size])
+            indices = order[start : start + batch_size]
+            chunk = [prompts[i] for i in indices]
             encoded = encode_prompts(chunk, tokenizer, budget)
             input_ids = encoded["input_ids"].to(device)
             mask = encoded["attention_mask"].to(device)
@@ -169,7 +172,7 @@ def generate_replies(
                 "position_ids": prefix_position_ids(mask, m),
             }
             if row_states is not None and shape is not None:
-                rows = row_states[start : start + len(chunk)].detach()
+                rows = row_states[indices].detach()
                 rows = rows.to(device=device, dtype=model.dtype).repeat_interleave(num_beams, 0)
                 kwargs["cache"] = prefix_cache(rows.contiguous(), shape)
                 kwargs["attention_mask"] = prefix_attention_mask(mask, m)
@@ -177,7 +180,8 @@ def generate_replies(
                 output = model.generate(input_ids=input_ids, generation_config=config, **kwargs)
             new_tokens = output[:, input_ids.shape[1] :]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            replies.extend(first_line(text) for text in texts)
+            for i, text in zip(indices, texts, strict=True):
+                replies[i] = first_line(text)
     finally:
         model.train(was_training)
     return replies

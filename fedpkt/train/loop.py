@@ -214,19 +214,32 @@ def optimizer_step(
     A NaN/Inf loss stops training with one line naming ``where`` it happened, before any
     parameter is touched (a diverged run must not silently produce a garbage prefix).
     """
+    value = finite_loss(loss, where)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    apply_gradients(params, optimizer, max_grad_norm)
+    return value
+
+
+def finite_loss(loss: Tensor, where: str) -> float:
+    """The loss as a float; FedpktError naming ``where`` when it is NaN or infinite."""
     value = float(loss.detach())
     if not math.isfinite(value):
         raise FedpktError(
             f"training loss is {value} at {where}; expected a finite value "
             "(lower the learning rate or check the initial parameters)"
         )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    return value
+
+
+def apply_gradients(
+    params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float | None
+) -> None:
+    """Clip (global norm over ``params``, unless None) and step, then clear the gradients."""
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return value
 
 
 @contextmanager
@@ -243,17 +256,17 @@ def seeded_rng(seed: int) -> Iterator[None]:
         yield
 
 
-def _snapshot(params: Sequence[nn.Parameter]) -> list[Tensor]:
+def snapshot_params(params: Sequence[nn.Parameter]) -> list[Tensor]:
     return [p.detach().clone() for p in params]
 
 
-def _restore(params: Sequence[nn.Parameter], state: Sequence[Tensor]) -> None:
+def restore_params(params: Sequence[nn.Parameter], state: Sequence[Tensor]) -> None:
     with torch.no_grad():
         for param, saved in zip(params, state, strict=True):
             param.copy_(saved)
 
 
-def _check_finite_valid(value: float, epoch: int) -> float:
+def check_finite_valid(value: float, epoch: int) -> float:
     if not math.isfinite(value):
         raise FedpktError(f"validation loss is {value} after epoch {epoch}; expected finite")
     return value
@@ -304,8 +317,8 @@ def train_loop(
         best = math.inf
         best_state: list[Tensor] | None = None
         if valid_loss_fn is not None:
-            best = result.initial_valid_loss = _check_finite_valid(valid_loss_fn(), 0)
-            best_state = _snapshot(params)
+            best = result.initial_valid_loss = check_finite_valid(valid_loss_fn(), 0)
+            best_state = snapshot_params(params)
         stale = 0
         for epoch in range(1, settings.max_epochs + 1):
             order = torch.randperm(len(train), generator=order_rng).tolist()
@@ -329,17 +342,22 @@ def train_loop(
             if valid_loss_fn is None:
                 result.best_epoch = epoch
                 continue
-            valid = _check_finite_valid(valid_loss_fn(), epoch)
+            valid = check_finite_valid(valid_loss_fn(), epoch)
             result.valid_losses.append(valid)
             if valid < best:
-                best, result.best_epoch, best_state, stale = valid, epoch, _snapshot(params), 0
+                best, result.best_epoch, best_state, stale = (
+                    valid,
+                    epoch,
+                    snapshot_params(params),
+                    0,
+                )
             else:
                 stale += 1
                 if stale >= settings.patience and epoch < settings.max_epochs:
                     result.stopped_early = True
                     break
         if best_state is not None:
-            _restore(params, best_state)
+            restore_params(params, best_state)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -387,10 +405,10 @@ def response_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
 
     ``logits`` (batch, T, vocab) predict token t+1 at position t; ``labels`` (batch, T) hold the
     target ids aligned with the input (HF convention) and -100 where no loss is taken (prompt,
-    padding). Computed in float32 whatever the model's dtype.
+    padding). Computed in float32 at least (float64 logits stay float64), whatever the
+    model's dtype.
     """
-    shifted = logits[:, :-1].float()
-    targets = labels[:, 1:].to(shifted.device)
+    shifted, targets = _shifted(logits, labels)
     total = F.cross_entropy(
         shifted.reshape(-1, shifted.shape[-1]),
         targets.reshape(-1),
@@ -398,6 +416,26 @@ def response_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
         reduction="sum",
     )
     return total, int((targets != IGNORE_INDEX).sum())
+
+
+def response_nll_rows(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``response_nll`` per row: summed cross-entropy (batch,) and labelled positions (batch,).
+
+    Used where one batch holds several personas' rows (``fedpkt.train.cohort``) and each
+    persona's token mean must be formed from its own rows only.
+    """
+    shifted, targets = _shifted(logits, labels)
+    per_token = F.cross_entropy(
+        shifted.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return per_token.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
+
+
+def _shifted(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits at positions 0..T-2 (float32 or wider) and the labels they predict (1..T-1)."""
+    shifted = logits[:, :-1]
+    shifted = shifted.to(torch.promote_types(shifted.dtype, torch.float32))
+    return shifted, labels[:, 1:].to(shifted.device)
 
 
 def response_loss(model: nn.Module, states: Tensor | None, batch: Batch) -> Tensor:
