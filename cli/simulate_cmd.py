@@ -25,7 +25,11 @@ def simulate_command(
     phase: str = typer.Option(
         "all", "--phase", help="all (phases 1+2), source (phase 1 only), personalize (phase 2)."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue a stopped run: phase 1 from its last checkpoint, phase 2 with the personas that have no result yet.",
+    ),
     init: str | None = typer.Option(None, "--init", help="Phase-2 init: source or random."),
     strategy: str | None = typer.Option(None, "--strategy", help="ppreptile, base, temperature."),
     rounds: int | None = typer.Option(None, "--rounds", help="Phase-1 rounds."),

@@ -221,7 +221,8 @@ class SimulationConfig(_Section):
         le=4096,
         description="Personas each virtual SuperNode of `fedpkt simulate` hosts (node p of N "
         "serves manifest clients p, p+N, ...). Flower's Simulation Engine polls every node for "
-        "every message in flight, so fewer nodes keep its server thread cheap at paper scale.",
+        "every message in flight, so fewer nodes keep its server thread cheap at paper scale. "
+        "Under privacy.secagg every node hosts one client (SecAgg+ runs between nodes).",
     )
     workers: int = Field(
         0, ge=0, le=1024, description="Ray workers (ClientApp processes); 0: one per CPU (max 8)."

@@ -208,3 +208,41 @@ def metrics_only(metrics: dict[str, Any]) -> dict[str, float]:
             raise ValueError(f"metric '{key}' is not finite: {value!r}")
         clean[key] = number
     return clean
+
+
+MAX_PERSONA_SENTENCES = 64
+"""Bound on |C|: C is a mean over replies of a sum of ±1 over the persona's sentences
+(PersonaPKT §4.3), and PERSONA-CHAT personas have 3-5 sentences."""
+
+
+def check_phase2_metrics(metrics: dict[str, Any], max_epochs: int) -> dict[str, float]:
+    """A phase-2 reply as the server accepts it, or FedpktError naming the first problem.
+
+    Replies are untrusted input: every contract name but ``epsilon`` (DP-SGD only) must be
+    present, each value a finite number in its range: F1s in [0, 1], |C| at most
+    ``MAX_PERSONA_SENTENCES``, losses and seconds >= 0, counts whole and >= 0, 0 <= best_epoch
+    <= epochs <= ``max_epochs``, ε >= 0.
+    """
+    try:
+        clean = metrics_only(metrics)
+    except (TypeError, ValueError) as err:
+        raise FedpktError(str(err)) from None
+    missing = sorted(PHASE2_METRICS - {"epsilon"} - set(clean))
+    if missing:
+        raise FedpktError(f"phase-2 reply lacks metrics {missing}")
+    ranges = {
+        "f1": (0.0, 1.0),
+        "f1_2gram": (0.0, 1.0),
+        "lcs_f1": (0.0, 1.0),
+        "c_score": (-MAX_PERSONA_SENTENCES, MAX_PERSONA_SENTENCES),
+        "epochs": (0, max_epochs),
+        "best_epoch": (0, clean["epochs"]),
+    }
+    for key, value in clean.items():
+        low, high = ranges.get(key, (0.0, np.inf))
+        if not low <= value <= high:
+            raise FedpktError(f"metric '{key}' = {value!r} is outside [{low}, {high}]")
+    for key in ("n_test_responses", "n_train_dialogues", "epochs", "best_epoch"):
+        if not float(clean[key]).is_integer():
+            raise FedpktError(f"metric '{key}' = {clean[key]!r} is not a whole count")
+    return clean

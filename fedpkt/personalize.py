@@ -128,7 +128,6 @@ def personalize_cohort(
         raise FedpktError("a cohort's personas must share one backbone")
     model = backbone.model
     pad_id = pad_id_for(model, backbone.tokenizer)
-    rows = phase2.cohort_size * phase2.batch_size
     outcomes: dict[str, Outcome] = {}
     prefixes: dict[str, PersonaPrefix] = {}
     live: dict[str, PersonaTask] = {}
@@ -145,9 +144,7 @@ def personalize_cohort(
     def test_losses() -> dict[str, float]:
         ids = list(live)
         items = [(prefixes[c], live[c].client.encoded["test"]) for c in ids]
-        return dict(
-            zip(ids, cohort_losses(model, items, pad_id=pad_id, rows_per_pass=rows), strict=True)
-        )
+        return dict(zip(ids, cohort_losses(model, items, pad_id=pad_id), strict=True))
 
     init_losses = test_losses()
     trained: dict[str, TrainResult] = {}

@@ -28,6 +28,7 @@ from safetensors.numpy import save as save_safetensors
 from fedpkt.atomic import atomic_write_bytes
 from fedpkt.config import FedpktConfig, config_to_toml, load_config, run_method_name
 from fedpkt.errors import FedpktError
+from fedpkt.local import check_phase2_metrics
 from fedpkt.model.backbone_info import backbone_config, backbone_num_params
 from fedpkt.model.prefix import PrefixShape, stored_params
 from fedpkt.report import write_report
@@ -289,7 +290,7 @@ def run_phase2(
     waves = math.ceil(cfg.phase2.message_personas / cfg.phase2.cohort_size)
     idle = cfg.phase1.client_timeout_s * 4 * waves
     for request, reply in stream_replies(grid, [m for m, _ in plan], idle):
-        for entry, outcome in _persona_outcomes(entries[id(request)], reply):
+        for entry, outcome in _persona_outcomes(entries[id(request)], reply, cfg.phase2.max_epochs):
             if isinstance(outcome, str):
                 log(WARNING, "phase 2: client %s failed: %s", entry.client_id, outcome)
                 emit({"event": "client_failed", "client_id": entry.client_id, "reason": outcome})
@@ -302,9 +303,12 @@ def run_phase2(
 
 
 def _persona_outcomes(
-    entries: list[ClientEntry], reply: Message | None
+    entries: list[ClientEntry], reply: Message | None, max_epochs: int
 ) -> list[tuple[ClientEntry, dict[str, float] | str]]:
-    """Each persona's metrics, or the reason it has none, from one phase-2 reply."""
+    """Each persona's checked metrics, or the reason it has none, from one phase-2 reply.
+
+    Replies are untrusted: a persona's record must pass ``check_phase2_metrics``, else the
+    persona counts as failed with the reason (the run goes on)."""
     if reply is None:
         return [(entry, "no reply before the timeout") for entry in entries]
     if reply.has_error():
@@ -314,10 +318,27 @@ def _persona_outcomes(
     for entry in entries:
         record = reply.content.metric_records.get(persona_metrics_record(entry.client_id))
         if record is not None:
-            out.append((entry, {key: float(value) for key, value in record.items()}))
+            try:
+                out.append((entry, check_phase2_metrics(dict(record), max_epochs)))
+            except FedpktError as err:
+                out.append((entry, f"rejected reply: {err}"))
         else:
             out.append((entry, str(failed.get(entry.client_id, "reply holds no result for it"))))
     return out
+
+
+def phase2_failures_section(run: RunDir, succeeded: set[str]) -> dict[str, str]:
+    """The report section listing personas without a result and why (empty when none)."""
+    last: dict[str, str] = {}
+    for event in run.events("client_failed"):
+        if event["client_id"] not in succeeded:
+            last[event["client_id"]] = str(event.get("reason", ""))
+    if not last:
+        return {}
+    lines = [f"{len(last)} personas have no result (failed or rejected replies):", ""]
+    lines += ["| client | reason |", "|---|---|"]
+    lines += [f"| {cid} | {reason.replace('|', '/')} |" for cid, reason in sorted(last.items())]
+    return {"Phase 2: failed personas": "\n".join(lines)}
 
 
 def run_server(grid: Grid, settings: ServerSettings) -> None:
@@ -355,7 +376,10 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
             clients=rows,
             stored_params_pct=100.0 * stored_params(shape) / backbone_params,
             config=cfg.model_dump(mode="json"),
-            sections=client_dp_section(run.events("round")),
+            sections={
+                **client_dp_section(run.events("round")),
+                **phase2_failures_section(run, {row["client_id"] for row in rows}),
+            },
         )
     run.log_event(
         {"event": "done", "phases": settings.phases, "seconds": time.perf_counter() - started}

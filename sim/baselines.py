@@ -52,6 +52,7 @@ from fedpkt.local import LocalClient
 from fedpkt.model.backbone import Backbone, load_backbone
 from fedpkt.model.backbone_info import backbone_num_params
 from fedpkt.model.prefix import prefix_shape_for, stored_params
+from fedpkt.personalize import PersonaFailure, PersonaTask, personalize_cohort
 from fedpkt.report import ResultRow, read_results, write_report, write_results
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from fedpkt.train.finetune import trainable_copy
@@ -180,7 +181,8 @@ def _run_reptile(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: Even
 
 
 def _run_prefix(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: EventFn) -> Outcome:
-    """Source prefix (PersonaPKT rows) or none (Rand init), then ``personalize`` per persona."""
+    """Source prefix (PersonaPKT rows) or none (Rand init), then every persona personalized
+    in cohorts (``personalize_cohort``, the code a phase-2 ClientApp runs)."""
     shape = prefix_shape_for(cohort.backbone.model.config, cfg.prefix.num_virtual_tokens)
     outcome = Outcome(stored_params_pct=100.0 * stored_params(shape) / cohort.backbone_params)
     source = None
@@ -196,13 +198,12 @@ def _run_prefix(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: Event
             on_round=lambda r: outcome.rounds.append(emit({"event": "round", **r})),
         )
         phase2 = cfg.phase2.model_copy(update={"init": "source"})
+    tasks = [PersonaTask(c, personalize_seed(cfg, c.client_id)) for c in cohort.targets]
+    results = personalize_cohort(tasks, source, scorer=cohort.scorer, phase2=phase2)
     for client in cohort.targets:
-        result = client.personalize(
-            source,
-            seed=personalize_seed(cfg, client.client_id),
-            scorer=cohort.scorer,
-            phase2=phase2,
-        )
+        result = results[client.client_id]
+        if isinstance(result, PersonaFailure):
+            raise FedpktError(result.reason)
         outcome.clients.append(emit(_client_event(client, cohort, result.metrics)))
     return outcome
 

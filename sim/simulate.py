@@ -65,6 +65,13 @@ def client_defaults(cfg: FedpktConfig, run: RunDir, data_root: Path) -> dict[str
     }
 
 
+def simulated_nodes(cfg: FedpktConfig, num_clients: int) -> int:
+    """Virtual SuperNodes for ``num_clients`` personas: ``simulation.clients_per_node`` each,
+    except under SecAgg+, whose protocol runs between nodes and so needs one client per node."""
+    per_node = 1 if cfg.privacy.secagg else cfg.simulation.clients_per_node
+    return math.ceil(num_clients / per_node)
+
+
 def simulate(
     cfg: FedpktConfig,
     run_dir: str | Path | None = None,
@@ -90,7 +97,7 @@ def simulate(
         dtype=cfg.backbone.dtype,
     )
     workers = num_workers or cfg.simulation.workers or max(1, min(os.cpu_count() or 1, 8))
-    num_nodes = math.ceil(num_clients / cfg.simulation.clients_per_node)
+    num_nodes = simulated_nodes(cfg, num_clients)
     settings = ServerSettings(
         run_dir=run.root,
         phases=phases,

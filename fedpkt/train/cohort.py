@@ -54,7 +54,6 @@ from fedpkt.train.loop import (
     eval_mode,
     finite_loss,
     model_device,
-    response_nll,
     response_nll_rows,
     restore_params,
     snapshot_params,
@@ -188,31 +187,32 @@ def cohort_losses(
     items: Sequence[tuple[StatesFn, Sequence[EncodedExample]]],
     *,
     pad_id: int,
-    rows_per_pass: int,
+    rows: int | None = None,
 ) -> list[float]:
     """Token-weighted response loss of each (prefix, examples) item, many items per pass.
 
     The batched form of ``fedpkt.train.loop.evaluate_loss``: item i's loss is the sum of its
     token losses over its own response tokens divided by their number, with rows of several
-    items sharing a forward pass (``rows_per_pass`` rows at most, sorted by length to cut
-    padding). No gradients; model and prefixes in eval mode (restored after). Raises
-    FedpktError when an item has no examples or no response tokens.
+    items sharing a forward pass (``rows`` rows at most, default ``rows_per_pass(device)``,
+    sorted by length to cut padding). No gradients; model and prefixes in eval mode (restored
+    after). Raises FedpktError when an item has no examples or no response tokens.
     """
-    if rows_per_pass < 1:
-        raise FedpktError(f"rows_per_pass is {rows_per_pass}; expected at least 1")
+    device = model_device(model)
+    rows = rows or rows_per_pass(device)
+    if rows < 1:
+        raise FedpktError(f"rows is {rows}; expected at least 1")
     for index, (_, examples) in enumerate(items):
         if len(examples) == 0:
             raise FedpktError(f"evaluation set {index} has 0 examples; expected at least 1")
     prefixes = [fn for fn, _ in items if isinstance(fn, nn.Module)]
-    rows = [(i, ex) for i, (_, examples) in enumerate(items) for ex in examples]
-    rows.sort(key=lambda row: len(row[1].input_ids), reverse=True)
+    flat = [(i, ex) for i, (_, examples) in enumerate(items) for ex in examples]
+    flat.sort(key=lambda row: len(row[1].input_ids))
     totals = [0.0] * len(items)
     counts = [0] * len(items)
-    device = model_device(model)
     with torch.no_grad(), eval_mode(model, *prefixes):
         states = [fn(1)[0] for fn, _ in items]  # (m, width) each, computed once per item
-        for start in range(0, len(rows), rows_per_pass):
-            chunk = rows[start : start + rows_per_pass]
+        for start in range(0, len(flat), rows):
+            chunk = flat[start : start + rows]
             batch = {k: v.to(device) for k, v in collate([ex for _, ex in chunk], pad_id).items()}
             row_states = torch.stack([states[i] for i, _ in chunk])
             output = forward_with_prefix(
@@ -238,7 +238,6 @@ def train_cohort(
     *,
     cohort_size: int,
     pad_id: int,
-    valid_rows_per_pass: int | None = None,
     optimizer_factory: OptimizerFactory = adamw,
     on_done: Callable[[str, CohortOutcome], None] | None = None,
 ) -> dict[str, CohortOutcome]:
@@ -246,8 +245,7 @@ def train_cohort(
 
     Jobs enter in order; a finished persona's slot goes to the next one (continuous batching).
     Validation losses of every persona waiting for one are computed together
-    (``cohort_losses``, ``valid_rows_per_pass`` rows per pass; default cohort_size · the
-    largest batch size). A persona whose loss or validation loss is not finite fails alone:
+    (``cohort_losses``). A persona whose loss or validation loss is not finite fails alone:
     its outcome holds the one-line reason and its prefix is left as it was when it failed.
     ``on_done(key, outcome)`` is called as each persona finishes. Returns key -> outcome, in
     job order. Each prefix ends in eval mode, holding its best-validation state.
@@ -257,9 +255,6 @@ def train_cohort(
     keys = [job.key for job in jobs]
     if len(set(keys)) != len(keys):
         raise FedpktError("cohort jobs have duplicate keys; expected one job per persona")
-    rows = valid_rows_per_pass or cohort_size * max(
-        (job.settings.batch_size for job in jobs), default=1
-    )
     device = model_device(model)
     queue = deque(jobs)
     active: list[_PersonaRun] = []
@@ -287,7 +282,6 @@ def train_cohort(
                     model,
                     [(run.job.prefix, run.job.valid) for run in waiting],
                     pad_id=pad_id,
-                    rows_per_pass=rows,
                 )
                 for run, value in zip(waiting, losses, strict=True):
                     try:
@@ -310,6 +304,16 @@ def train_cohort(
     return {key: outcomes[key] for key in keys}
 
 
+def rows_per_pass(device: torch.device) -> int:
+    """Rows per forward pass of a cohort: on a CPU, passes of similar-length rows cost the
+    fewest padded FLOPs (compute-bound already at 16 rows of the embedded backbone); on a GPU,
+    one pass for every row keeps the device busy."""
+    return CPU_ROWS_PER_PASS if device.type == "cpu" else 1 << 30
+
+
+CPU_ROWS_PER_PASS = 16
+
+
 def _cohort_step(
     model: nn.Module,
     active: list[_PersonaRun],
@@ -317,28 +321,40 @@ def _cohort_step(
     device: torch.device,
     finish: Callable[..., None],
 ) -> None:
-    """One update for every active persona from one forward/backward pass over all rows."""
+    """One update for every active persona from one backward pass over all their rows.
+
+    The rows of all personas' next batches are sorted by length and run in passes of
+    ``rows_per_pass`` rows (less padding); each persona's prefix states are computed once and
+    indexed per row. Per-row summed losses are gathered per persona (``index_add``), so each
+    persona's loss is its own token mean, and the sum of the personas' losses is
+    backpropagated once.
+    """
     batches = [run.next_batch() for run in active]
-    batch = {
-        k: v.to(device) for k, v in collate([ex for rows in batches for ex in rows], pad_id).items()
-    }
-    states = torch.cat(
-        [run.job.prefix(len(rows)) for run, rows in zip(active, batches, strict=True)]
-    )
-    output = forward_with_prefix(model, batch["input_ids"], batch["attention_mask"], states)
+    owners = [k for k, rows in enumerate(batches) for _ in rows]
+    flat = [ex for rows in batches for ex in rows]
+    order = sorted(range(len(flat)), key=lambda r: len(flat[r].input_ids))
+    states = [run.job.prefix(1) for run in active]  # (1, m, width) each
+    sums = torch.zeros(len(active), dtype=torch.float64, device=device)
+    counts = torch.zeros(len(active), dtype=torch.long, device=device)
+    step = rows_per_pass(device)
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
+        batch = {k: v.to(device) for k, v in collate([flat[r] for r in chunk], pad_id).items()}
+        row_states = torch.cat([states[owners[r]] for r in chunk])
+        output = forward_with_prefix(model, batch["input_ids"], batch["attention_mask"], row_states)
+        row_sums, row_counts = response_nll_rows(output.logits, batch["labels"])
+        index = torch.tensor([owners[r] for r in chunk], device=device)
+        sums = sums.index_add(0, index, row_sums.to(sums.dtype))
+        counts = counts.index_add(0, index, row_counts)
     kept: list[tuple[_PersonaRun, Tensor]] = []
-    offset = 0
-    for run, rows in zip(active, batches, strict=True):
-        end = offset + len(rows)
-        total, count = response_nll(output.logits[offset:end], batch["labels"][offset:end])
-        offset = end
+    for k, run in enumerate(active):
         where = f"{run.job.key}, epoch {run.epoch} step {run.result.steps + 1}"
         try:
-            if count == 0:
+            if int(counts[k]) == 0:
                 raise FedpktError(
                     f"batch has 0 response tokens at {where}; expected labels other than -100"
                 )
-            loss = total / count
+            loss = sums[k] / counts[k]
             finite_loss(loss, where)
         except FedpktError as err:
             run.done = True
