@@ -24,14 +24,19 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
+# The phase-2 cohort naming is part of the privacy contract, so fedpkt holds it (the audit
+# checks it without importing this module); re-exported here for the server and clients.
+from fedpkt.privacy.cohort import FAILED as FAILED
+from fedpkt.privacy.cohort import PERSONA_METRICS_PREFIX as PERSONA_METRICS_PREFIX
+from fedpkt.privacy.cohort import persona_metrics_record as persona_metrics_record
+from fedpkt.privacy.cohort import persona_of_record as persona_of_record
+
 Arrays = dict[str, np.ndarray]
 
 # Record names.
 CONFIG = "config"
 ARRAYS = "arrays"
 METRICS = "metrics"
-FAILED = "failed"
-PERSONA_METRICS_PREFIX = "metrics/"
 
 # Keys of the ``config`` record.
 FEDPKT_CONFIG = "fedpkt-config"
@@ -46,18 +51,6 @@ SEEDS = "seeds"
 PHASE_SOURCE = "source"
 PHASE_PERSONALIZE = "personalize"
 PERSONALIZE_TYPE = "train.personalize"
-
-
-def persona_metrics_record(client_id: str) -> str:
-    """The record name of one persona's metrics in a phase-2 reply: ``metrics/<client id>``."""
-    return f"{PERSONA_METRICS_PREFIX}{client_id}"
-
-
-def persona_of_record(name: str) -> str | None:
-    """The client id a phase-2 record name belongs to, or None for any other record."""
-    if name.startswith(PERSONA_METRICS_PREFIX) and len(name) > len(PERSONA_METRICS_PREFIX):
-        return name[len(PERSONA_METRICS_PREFIX) :]
-    return None
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
