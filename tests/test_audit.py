@@ -7,6 +7,7 @@ client) and the tiny embedded backbone's tokenizer.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import time
@@ -37,6 +38,7 @@ from fedpkt.privacy.audit import (
     id_windows,
     load_model_config,
     load_tokenizer,
+    text_runs,
     words_of,
     write_audit,
 )
@@ -467,6 +469,77 @@ def test_text_hidden_in_array_bytes_is_found(
     assert findings and {(f.kind, f.key, f.encoding) for f in findings} == {
         ("text", "aux", "utf-8 text")
     }
+
+
+WIDE = ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"]
+BOMS = {
+    "utf-16-le": codecs.BOM_UTF16_LE,
+    "utf-16-be": codecs.BOM_UTF16_BE,
+    "utf-32-le": codecs.BOM_UTF32_LE,
+    "utf-32-be": codecs.BOM_UTF32_BE,
+}
+
+
+@pytest.mark.parametrize("bom", [False, True], ids=["no-bom", "bom"])
+@pytest.mark.parametrize("encoding", WIDE)
+def test_text_in_utf16_or_utf32_array_bytes_is_found(
+    world: dict[str, Any], run: RunDir, log: EgressLog, encoding: str, bom: bool
+) -> None:
+    """A training line written as UTF-16/32 (either byte order, with or without its BOM) in a
+    uint8 array is found, and named by its encoding."""
+    text = _longest_line(world, "A-0000").encode(encoding)
+    blob = b"\x01\xff" + (BOMS[encoding] if bom else b"") + text
+    log.phase1("A-0000", {**world["theta"], "aux": np.frombuffer(blob, dtype=np.uint8)})
+    findings = _content(_audit(world, run).findings)
+    assert findings and {(f.kind, f.key, f.encoding) for f in findings} == {
+        ("text", "aux", f"{encoding} text")
+    }
+
+
+def test_persona_sentence_as_a_utf16_bytes_value_is_found(
+    world: dict[str, Any], run: RunDir, log: EgressLog
+) -> None:
+    """Bytes values of config records are read in every text encoding too."""
+    sentence = _client(world, "B-0000").persona.sentences[0]
+    blob = BOMS["utf-16-be"] + sentence.encode("utf-16-be")
+    log.phase2("B-0000", PHASE2_REPLY, extra=ConfigRecord({"blob": blob}))
+    findings = _content(_audit(world, run).findings)
+    assert [(f.kind, f.source, f.encoding) for f in findings] == [
+        ("text", "B-0000: persona sentence 0", "utf-16-be text")
+    ]
+
+
+def test_foreign_text_in_every_encoding_beside_noise_is_clean(
+    world: dict[str, Any], run: RunDir, log: EgressLog
+) -> None:
+    """Clean control: a sentence in no client's data, in all five encodings (with and without
+    BOM), between 256 KiB of random float32 bytes, gives no content finding, although every
+    encoding's text was read out of the bytes."""
+    sentence = "seven quiet wizards judge the brown fox that jumps over lazy dogs at noon"
+    noise = np.random.default_rng(0).standard_normal(1 << 16).astype(np.float32).tobytes()
+    parts = [noise, sentence.encode("utf-8")]
+    for encoding in WIDE:
+        parts += [
+            noise,
+            sentence.encode(encoding),
+            noise,
+            BOMS[encoding] + sentence.encode(encoding),
+        ]
+    blob = b"".join([*parts, noise])
+    assert {encoding for *_, encoding in text_runs(blob)} >= {"utf-8", *WIDE}
+    log.phase1("A-0000", {**world["theta"], "aux": np.frombuffer(blob, dtype=np.uint8)})
+    findings = _audit(world, run).findings
+    assert [(f.kind, f.key) for f in findings] == [("contract", "aux")]  # the extra array only
+
+
+def test_text_runs_name_the_encoding_of_wide_text() -> None:
+    """'i speak korean' (14 characters) as UTF-16-BE after its BOM: one run at byte 2 of 2-byte
+    characters; as UTF-32-LE: one run at byte 0 of 4-byte characters (not also as another
+    byte order one byte further on)."""
+    be = codecs.BOM_UTF16_BE + "i speak korean".encode("utf-16-be")
+    assert text_runs(be) == [(2, 2, "i speak korean", "utf-16-be")]
+    le32 = "i speak korean".encode("utf-32-le")
+    assert text_runs(le32) == [(0, 4, "i speak korean", "utf-32-le")]
 
 
 def test_another_clients_handshake_is_searched_for_its_own_data(

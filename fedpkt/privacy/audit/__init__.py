@@ -35,8 +35,10 @@ questions separately.
      is not searched for. Persona sentences and canaries are private by definition and are
      searched for whole (at least :data:`MIN_SENTENCE_WORDS` words and
      :data:`MIN_SENTENCE_CHARS` characters, so that random bytes cannot spell one), never
-     filtered. Raw bytes are read as runs of printable ASCII (JSON escapes non-ASCII, so metric
-     and config text is ASCII on the wire; those records are also JSON-decoded and scanned).
+     filtered. Raw bytes (and bytes values) are read as runs of printable ASCII characters
+     written as UTF-8, UTF-16 or UTF-32 in either byte order, BOM or not
+     (:data:`TEXT_ENCODINGS`; JSON escapes non-ASCII, so metric and config text is ASCII on
+     the wire; those records are also JSON-decoded and scanned).
    - *token ids*: every 8-id window (:data:`TOKEN_WINDOW`) of the client's token sequences from
      the run's backbone tokenizer (its encoded training examples, whole rendered dialogues,
      single utterances, persona sentences, canaries), with the same generic filter on dialogue
@@ -104,10 +106,13 @@ from fedpkt.privacy.audit.fingerprints import (
     GenericSets,
     Source,
     SourceKind,
+    WindowSpace,
     client_sequences,
     dialogue_keys,
     generic_min_clients,
+    id_hash,
     id_windows,
+    text_hash,
     window_hashes,
     words_of,
 )
@@ -126,7 +131,19 @@ from fedpkt.privacy.audit.run import (
     senders,
     write_audit,
 )
-from fedpkt.privacy.audit.scan import EXCERPT_CHARS, ascii_runs, reply_views, scan_reply
+from fedpkt.privacy.audit.scan import (
+    EXCERPT_CHARS,
+    LOGGED_WINDOWS,
+    SCAN_RULES,
+    TEXT_ENCODINGS,
+    Hit,
+    ascii_runs,
+    drop_generic,
+    reply_views,
+    scan_hits,
+    scan_reply,
+    text_runs,
+)
 from fedpkt.privacy.audit.secagg import (
     SECAGG_CONFIGS,
     SECAGG_FITRES,

@@ -6,6 +6,7 @@ windows shared by many clients (:class:`GenericSets`), and the per-client search
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ MIN_DISTINCT_IDS = 3
 constant arrays, so it is not searched for."""
 
 SourceKind = Literal["dialogue", "persona", "canary"]
+WindowSpace = Literal["words", "ids"]
 _PRIORITY = {"dialogue": 0, "persona": 1, "canary": 2}
 _WORD = re.compile(r"\w+")
 
@@ -62,6 +64,17 @@ class ClientSequences:
     client_id: str
     texts: list[tuple[str, Source]]
     tokens: list[tuple[np.ndarray, Source]]
+
+    def digest(self) -> str:
+        """SHA-256 of everything searched for (texts, token ids, sources): two scans that agree
+        on it searched for the same data with the same tokenizer."""
+        h = hashlib.sha256(self.client_id.encode("utf-8"))
+        for text, source in self.texts:
+            h.update(f"\0{source.kind}\0{source.label}\0{text}".encode())
+        for tokens, source in self.tokens:
+            h.update(f"\0{source.kind}\0{source.label}\0".encode())
+            h.update(np.ascontiguousarray(tokens, dtype="<i8").tobytes())
+        return h.hexdigest()
 
 
 def words_of(text: str) -> list[str]:
@@ -167,14 +180,21 @@ def window_hashes(windows: np.ndarray) -> np.ndarray:
     return h * np.uint64(0x94D049BB133111EB)
 
 
-def _text_hash(window: str) -> int:
-    return hash(window) & 0xFFFFFFFFFFFFFFFF
+def text_hash(window: str) -> int:
+    """A 64-bit hash of a text window, the same in every process (the egress mod records it,
+    the audit compares it with its generic windows)."""
+    return int.from_bytes(hashlib.blake2b(window.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def id_hash(window: Sequence[int]) -> int:
+    """:func:`window_hashes` of one id window."""
+    return int(window_hashes(np.asarray([window], dtype=np.int64))[0])
 
 
 def dialogue_keys(seqs: ClientSequences) -> tuple[np.ndarray, np.ndarray]:
     """Unique hashes of this client's dialogue text windows and dialogue token windows."""
     text = {
-        _text_hash(w)
+        text_hash(w)
         for t, src in seqs.texts
         if src.kind == "dialogue"
         for w in _text_windows(words_of(t), TEXT_NGRAM)
@@ -211,6 +231,18 @@ class GenericSets:
 
         return cls(frequent(texts), frequent(ids), threshold)
 
+    @classmethod
+    def none(cls) -> GenericSets:
+        """No window is generic: what a client searches with, knowing only its own data (the
+        audit drops the generic windows from its findings afterwards)."""
+        empty = np.zeros(0, dtype=np.uint64)
+        return cls(empty, empty, 0)
+
+    def holds(self, space: WindowSpace, window_hash: int) -> bool:
+        """Is this text ("words") or token ("ids") window generic?"""
+        values = self.text if space == "words" else self.ids
+        return bool(_contains(values, np.array([window_hash], dtype=np.uint64))[0])
+
 
 def _contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
     if len(sorted_values) == 0 or len(values) == 0:
@@ -245,7 +277,7 @@ class Fingerprint:
             words = words_of(text_unit)
             if source.kind == "dialogue":
                 windows = _text_windows(words, TEXT_NGRAM)
-                hashes = np.fromiter((_text_hash(w) for w in windows), np.uint64, len(windows))
+                hashes = np.fromiter((text_hash(w) for w in windows), np.uint64, len(windows))
                 for window, generic_hit in zip(
                     windows, _contains(generic.text, hashes), strict=True
                 ):
