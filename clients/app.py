@@ -32,7 +32,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.common.logger import log
 
-from clients.egress import make_egress_mod
+from clients.egress import EgressTarget, make_egress_mod, payload_mode_of
 from clients.secure import secagg_mod
 from fedpkt.config import FedpktConfig, load_config_text
 from fedpkt.data.partition import load_manifest
@@ -195,9 +195,10 @@ def make_client_app(
     def settings(context: Context) -> ClientSettings:
         return settings_from_context(context, bound)
 
-    def egress_target(context: Context) -> tuple[Path | None, bool]:
+    def egress_target(context: Context) -> EgressTarget:
         resolved = settings(context)
-        return resolved.egress_dir, resolved.record_payloads
+        mode = payload_mode_of(context, bound)
+        return EgressTarget(resolved.egress_dir, mode, resolved.data_root)
 
     # SecAgg+ sits inside the egress mod (the log sees the masked reply that leaves) and is
     # a pass-through unless the server runs the round with SecAgg+ (privacy.secagg).

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedpkt.errors import FedpktError
 
@@ -199,9 +206,21 @@ class DPConfig(_Section):
 
 
 class PrivacyConfig(_Section):
-    record_payloads: bool = Field(
-        True, description="Egress log keeps outgoing payload bytes (for the content audit)."
+    record_payloads: Literal["all", "sampled", "none"] = Field(
+        "sampled",
+        description="Payload bytes the egress log keeps beside each reply's digests and the "
+        "egress mod's own contract check and content scan: 'all'; 'sampled' (replies up to 16 "
+        "KiB, every reply of round 1, and any the mod could not check); 'none' (only those). "
+        "true/false mean all/none.",
     )
+
+    @field_validator("record_payloads", mode="before")
+    @classmethod
+    def _payloads_from_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # the setting was a bool before the modes
+            return "all" if value else "none"
+        return value
+
     secagg: bool = Field(False, description="Phase 1 through Flower SecAgg+.")
     secagg_num_shares: float = Field(
         1.0, gt=0.0, le=1.0, description="SecAgg+ key shares, as a share of the round's clients."

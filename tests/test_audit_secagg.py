@@ -33,7 +33,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.egress import SECAGG_PHASE, make_egress_mod
+from clients.egress import SECAGG_PHASE, EgressTarget, make_egress_mod
 from fedpkt.privacy.audit import AuditReport, Finding, audit_run
 from fedpkt.rundir import RunDir, create_run_dir
 from sim.simulate import simulate
@@ -370,7 +370,7 @@ def node_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 def _egress_lines(tmp_path: Path, requests: list[Message], served: list[str]) -> list[dict]:
     """Run requests through the egress mod around a handler that answers a handshake with
     ``served`` and any other message with an empty config; return the log lines."""
-    mod = make_egress_mod(lambda _: (tmp_path / "egress", True))
+    mod = make_egress_mod(lambda _: EgressTarget(tmp_path / "egress"))
     context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
 
     def handler(msg: Message, _: Context) -> Message:

@@ -71,17 +71,22 @@ the public names, so ``from fedpkt.privacy.audit import audit_run`` stays the en
   that the contract and the SecAgg+ checks share;
 - ``secagg``: SecAgg+ stage replies (:func:`check_secagg`);
 - ``contract``: what each message type may carry (:func:`contract_spec`,
-  :func:`check_contract`);
+  :func:`check_contract`), phase-2 cohort replies persona by persona;
 - ``byte_search``: token-id windows in every encoding at any byte offset (:class:`ByteScanner`);
 - ``fingerprints``: a client's data as words and token ids, generic windows, and the
   per-client search tables (:class:`Fingerprint`);
-- ``scan``: one reply searched for one client's data (:func:`scan_reply`);
+- ``scan``: one reply searched for one client's data (:func:`scan_hits`, :func:`scan_reply`);
+- ``backbone``: the run's tokenizer and backbone config (:func:`load_tokenizer`);
+- ``client_check``: the same checks run by the egress mod as a reply is sent
+  (:class:`ClientChecker`), and read back by the audit (:func:`recorded_findings`);
 - ``run``: a whole run directory (:class:`DataIndex`, :func:`audit_run`, :func:`write_audit`).
 """
 
 from __future__ import annotations
 
+from fedpkt.privacy.audit.backbone import load_model_config, load_tokenizer
 from fedpkt.privacy.audit.byte_search import ENCODINGS, ByteScanner, encode_windows
+from fedpkt.privacy.audit.client_check import ClientChecker, checker_for, recorded_findings
 from fedpkt.privacy.audit.contract import (
     HANDSHAKE,
     PHASE1_EVAL,
@@ -91,7 +96,7 @@ from fedpkt.privacy.audit.contract import (
     check_contract,
     contract_spec,
 )
-from fedpkt.privacy.audit.egress_log import EgressEntry, load_payload, read_egress
+from fedpkt.privacy.audit.egress_log import EgressEntry, load_payload, parse_entry, read_egress
 from fedpkt.privacy.audit.findings import AuditReport, Finding, FindingKind
 from fedpkt.privacy.audit.fingerprints import (
     GENERIC_FLOOR,
@@ -123,11 +128,10 @@ from fedpkt.privacy.audit.record_checks import (
     ContractSpec,
 )
 from fedpkt.privacy.audit.run import (
+    CHECKED_BY,
     DataIndex,
     audit_run,
     iter_findings,
-    load_model_config,
-    load_tokenizer,
     senders,
     write_audit,
 )
@@ -154,6 +158,7 @@ from fedpkt.privacy.audit.secagg import (
 )
 
 __all__ = [
+    "CHECKED_BY",
     "DP_METRICS",
     "ENCODINGS",
     "EXCERPT_CHARS",
@@ -180,6 +185,7 @@ __all__ = [
     "ArraySpec",
     "AuditReport",
     "ByteScanner",
+    "ClientChecker",
     "ClientSequences",
     "ContractSpec",
     "DataIndex",
@@ -196,6 +202,7 @@ __all__ = [
     "audit_run",
     "check_contract",
     "check_secagg",
+    "checker_for",
     "client_sequences",
     "contract_spec",
     "dialogue_keys",
@@ -208,7 +215,9 @@ __all__ = [
     "load_model_config",
     "load_payload",
     "load_tokenizer",
+    "parse_entry",
     "read_egress",
+    "recorded_findings",
     "reply_views",
     "scan_hits",
     "scan_reply",

@@ -1,6 +1,13 @@
 """The contract: what each message type's reply may hold (handshake, phase-1 train and
 evaluate, phase 2), built from the run's θ_0 and data manifest; anything else is a
 ``contract`` finding. Phase-1 train replies of a SecAgg+ run go to ``secagg``.
+
+A phase-2 cohort reply is logged one line per persona (``fedpkt.privacy.cohort``), and each
+line is checked on its own: persona p's line may hold MetricRecord ``metrics/p`` (scalars under
+:data:`fedpkt.local.PHASE2_METRICS` names) and its entry of ConfigRecord ``failed`` (a one-line
+reason), at least one of the two; the line of records that belong to no persona of the request
+breaks the contract with each of them. A one-client phase-2 request (``client-id``, the form
+before cohorts) may still be answered with one MetricRecord ``metrics``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from fedpkt.privacy.audit.record_checks import (
     _only_records,
 )
 from fedpkt.privacy.audit.secagg import check_secagg
+from fedpkt.privacy.cohort import FAILED, FAILED_REASON_CHARS, persona_metrics_record
 
 PHASE1_EVAL_METRICS = frozenset({"num-examples", "val-loss"})
 HANDSHAKE = "query"
@@ -132,6 +140,87 @@ def _check_handshake(
     return out
 
 
+def _check_phase2_metrics(
+    entry: EgressEntry, metrics: list[dict[str, Any]], payload: bytes
+) -> list[Finding]:
+    return _check_keys(entry, metrics, frozenset(), PHASE2_METRICS) + _check_scalars(
+        entry, metrics, payload
+    )
+
+
+def _check_failed(
+    entry: EgressEntry, failed: list[dict[str, Any]], payload: bytes
+) -> list[Finding]:
+    """Persona p's entry of ``failed``: a string of one line, at most FAILED_REASON_CHARS."""
+    out = []
+    for record in failed:
+        value = _record_value(entry, record, payload)
+        problem = None
+        if not isinstance(value, str):
+            problem = f"value is {type(value).__name__}; expected a one-line reason"
+        elif "\n" in value or "\r" in value or len(value) > FAILED_REASON_CHARS:
+            problem = f"reason is not one line of at most {FAILED_REASON_CHARS} characters"
+        if problem:
+            out.append(entry.finding("contract", problem, record=FAILED, key=record["key"]))
+    return out
+
+
+def _check_persona(entry: EgressEntry, payload: bytes) -> list[Finding]:
+    """One persona's line of a phase-2 cohort reply: ``metrics/<id>`` and/or its ``failed``."""
+    persona = str(entry.client)
+    name = persona_metrics_record(persona)
+    allowed = {("metric", name), ("config", FAILED)}
+    label = f"'{PHASE2}' (persona {persona})"
+    findings, groups = _only_records(entry, allowed, label, required=False)
+    metrics = groups.get(("metric", name), [])
+    failed = groups.get(("config", FAILED), [])
+    findings += _check_phase2_metrics(entry, metrics, payload)
+    findings += _check_failed(entry, failed, payload)
+    if not metrics and not failed:
+        findings.append(
+            entry.finding(
+                "contract",
+                f"persona {persona} has neither MetricRecord '{name}' nor an entry in '{FAILED}'",
+                record=name,
+            )
+        )
+    return findings
+
+
+def _check_cohort(entry: EgressEntry, payload: bytes) -> list[Finding]:
+    """A line of a cohort reply: a persona's part, or the records no persona of it owns."""
+    cohort = list(entry.cohort or ())
+    if entry.message_type != PHASE2:
+        return [
+            entry.finding(
+                "contract",
+                f"a '{entry.message_type}' request names a cohort; only {PHASE2} does",
+            )
+        ]
+    if entry.client is None:
+        groups: dict[tuple[str, str], list[str]] = {}
+        for record in entry.records:
+            groups.setdefault((record["kind"], str(record["record"])), []).append(record["key"])
+        return [
+            entry.finding(
+                "contract",
+                f"{kind} record '{name}' (keys: {', '.join(map(str, keys))}) belongs to no "
+                f"persona of the request (cohort: {', '.join(cohort)})",
+                record=name,
+                key=str(keys[0]),
+            )
+            for (kind, name), keys in groups.items()
+        ]
+    if entry.client not in cohort:
+        return [
+            entry.finding(
+                "contract",
+                f"line is attributed to {entry.client}, who is not in the request's cohort",
+            )
+        ]
+    return _check_persona(entry, payload)
+
+
 def check_contract(entry: EgressEntry, payload: bytes, spec: ContractSpec) -> list[Finding]:
     """Every way ``entry`` departs from what its message type may carry (empty: conforms)."""
     kind = entry.message_type
@@ -159,13 +248,13 @@ def check_contract(entry: EgressEntry, payload: bytes, spec: ContractSpec) -> li
             findings += _check_keys(entry, metrics, PHASE1_EVAL_METRICS)
             findings += _check_scalars(entry, metrics, payload, integer=("num-examples",))
         return findings
+    if entry.cohort is not None:
+        return _check_cohort(entry, payload)
     if kind == PHASE2:
         findings, groups = _only_records(entry, {("metric", "metrics")})
-        metrics = groups.get(("metric", "metrics"), [])
-        if metrics:
-            findings += _check_keys(entry, metrics, frozenset(), PHASE2_METRICS)
-            findings += _check_scalars(entry, metrics, payload)
-        return findings
+        return findings + _check_phase2_metrics(
+            entry, groups.get(("metric", "metrics"), []), payload
+        )
     return [
         entry.finding(
             "contract",

@@ -1,6 +1,13 @@
 """The egress log the client mod writes (``RUN/egress/<node>.jsonl`` and
 ``RUN/egress/payloads/``): parse and validate its lines, load each reply's payload bytes
 against the logged digests, and decode a metric/config record's value.
+
+A line is one reply, or (a phase-2 *cohort* reply) one persona's part of it: ``cohort`` then
+lists the request's personas, ``client_id`` names the persona whose records the line holds
+(null: the records that belong to no persona of the request, and an error reason), and
+``message_id`` / ``reply_sha256`` tie the lines of one reply together. ``payload`` names the
+stored bytes (null when they were not kept) and ``client_check`` holds the egress mod's own
+contract check and content scan of those bytes (null when it did not run).
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ class EgressEntry:
     sha256: str | None
     stage: str | None = None
     """The SecAgg+ stage the request asked for (``secagg_stage`` in the log), if any."""
+    cohort: tuple[str, ...] | None = None
+    """The personas a cohort request named (``client-ids``); None for a one-client request."""
+    message_id: str | None = None
+    client_check: dict[str, Any] | None = None
+    """The egress mod's check of this line's bytes (see ``client_check``), if it ran."""
 
     def finding(self, kind: FindingKind, detail: str, **where: Any) -> Finding:
         return Finding(
@@ -70,6 +82,12 @@ def _parse_entry(obj: Any, where: str) -> EgressEntry:
             raise FedpktError(f"egress log {where} has an array record without dtype/shape")
     client = obj.get("client_id")
     round_num = obj.get("round")
+    cohort = obj.get("cohort")
+    if cohort is not None and not isinstance(cohort, list):
+        raise FedpktError(f"egress log {where} 'cohort' is not a list")
+    check = obj.get("client_check")
+    if check is not None and not isinstance(check, dict):
+        raise FedpktError(f"egress log {where} 'client_check' is not an object")
     return EgressEntry(
         log=where,
         node=int(obj["node_id"]),
@@ -83,7 +101,18 @@ def _parse_entry(obj: Any, where: str) -> EgressEntry:
         bytes=int(obj.get("bytes", 0) or 0),
         sha256=obj.get("sha256"),
         stage=str(obj["secagg_stage"]) if obj.get("secagg_stage") is not None else None,
+        cohort=tuple(str(c) for c in cohort) if cohort is not None else None,
+        message_id=str(obj["message_id"]) if obj.get("message_id") else None,
+        client_check=check,
     )
+
+
+def parse_entry(obj: Any, where: str) -> EgressEntry:
+    """One log line's object as an :class:`EgressEntry` (FedpktError when malformed)."""
+    try:
+        return _parse_entry(obj, where)
+    except (TypeError, ValueError) as err:
+        raise FedpktError(f"egress log {where} has a malformed field ({err})") from None
 
 
 def read_egress(egress_dir: str | Path) -> list[EgressEntry]:
@@ -111,10 +140,7 @@ def read_egress(egress_dir: str | Path) -> list[EgressEntry]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise FedpktError(f"egress log {where} is not valid JSON ({err.msg})") from None
-            try:
-                entries.append(_parse_entry(obj, where))
-            except (TypeError, ValueError) as err:
-                raise FedpktError(f"egress log {where} has a malformed field ({err})") from None
+            entries.append(parse_entry(obj, where))
     return entries
 
 
@@ -122,14 +148,14 @@ def load_payload(egress_dir: str | Path, entry: EgressEntry) -> bytes:
     """The payload bytes of ``entry``, verified against the digests the log recorded.
 
     A reply without content (an error reply) has an empty payload. A reply with content but no
-    recorded payload, or bytes that do not match the log, cannot be audited: FedpktError.
+    recorded payload, or bytes that do not match the log, cannot be re-read: FedpktError.
     """
     if not entry.records:
         return b""
     if not entry.payload:
         raise FedpktError(
-            f"egress log {entry.log} has no recorded payload (privacy.record_payloads=false?); "
-            "the content audit needs payloads: rerun with privacy.record_payloads=true"
+            f"egress log {entry.log} kept no payload bytes and holds no check by the egress mod "
+            "(client_check): nothing to audit it by; rerun with privacy.record_payloads='all'"
         )
     root = Path(egress_dir).resolve()
     file = (root / str(entry.payload)).resolve()

@@ -16,8 +16,10 @@ class Finding:
 
     ``log`` is ``<node>.jsonl:<line>``; ``record``/``key`` locate the bytes in the reply;
     ``source`` says which of the client's data matched (content findings), ``encoding`` how it
-    was written (``utf-8 text``, ``int32-le``, ``json integers`` ...), ``matches`` how many
-    distinct windows of that source matched in that record, ``excerpt`` the first of them.
+    was written (``utf-8 text``, ``utf-16-le text``, ``int32-le``, ``json integers`` ...),
+    ``matches`` how many distinct windows of that source matched in that record, ``excerpt``
+    the first of them; ``checked_by`` who found it: the ``audit`` from the stored bytes, the
+    egress mod as the reply was sent (``client``), or both (``client+audit``).
     """
 
     kind: FindingKind
@@ -34,6 +36,7 @@ class Finding:
     encoding: str | None = None
     excerpt: str | None = None
     matches: int = 1
+    checked_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +54,9 @@ class AuditReport:
     clients_scanned: list[str]
     seconds: float = 0.0
     rules: dict[str, Any] = field(default_factory=dict)
+    checked: dict[str, list[str]] = field(default_factory=dict)
+    """Log lines (``<node>.jsonl:<line>``) by where they were checked: ``audit`` (stored
+    bytes), ``client`` (the egress mod's recorded check only), ``client+audit`` (both)."""
 
     @property
     def verdict(self) -> Literal["clean", "violation"]:
@@ -66,8 +72,21 @@ class AuditReport:
             "by_message_type": self.by_type,
             "clients_scanned": self.clients_scanned,
             "rules": self.rules,
+            "checked": {by: len(logs) for by, logs in self.checked.items()},
+            "checked_lines": self.checked,
             "seconds": round(self.seconds, 3),
         }
+
+    def _checked_line(self) -> list[str]:
+        if not self.checked:
+            return []
+        counts = {by: len(logs) for by, logs in self.checked.items()}
+        return [
+            f"Checked from stored bytes by the audit: {counts.get('audit', 0)} lines; by the "
+            f"egress mod as they were sent, bytes not kept: {counts.get('client', 0)}; by "
+            f"both: {counts.get('client+audit', 0)} (`checked_lines` in audit.json).",
+            "",
+        ]
 
     def to_markdown(self) -> str:
         """A human summary: verdict, what was checked, and one table row per finding."""
@@ -77,6 +96,7 @@ class AuditReport:
             f"Run `{self.run}`: {self.messages} replies, {self.bytes} payload bytes, "
             f"{len(self.clients_scanned)} clients' data searched, {len(self.findings)} findings.",
             "",
+            *self._checked_line(),
             "| message type | replies | bytes |",
             "|---|---:|---:|",
         ]
@@ -87,14 +107,14 @@ class AuditReport:
             lines.append("None: every reply matched the contract and no payload held the sender's")
             lines.append("text, token ids or canaries.")
         else:
-            lines.append("| kind | client | message | record / key | detail | log |")
-            lines.append("|---|---|---|---|---|---|")
+            lines.append("| kind | client | message | record / key | detail | log | found by |")
+            lines.append("|---|---|---|---|---|---|---|")
             for f in self.findings:
                 where = f"{f.record or ''}/{f.key or ''}".strip("/")
                 detail = f.detail.replace("|", "\\|")
                 lines.append(
                     f"| {f.kind} | {f.client or '-'} | `{f.message_type}` | `{where}` | "
-                    f"{detail} | {f.log} |"
+                    f"{detail} | {f.log} | {f.checked_by or '-'} |"
                 )
         lines += ["", "## Rules", ""]
         for key, value in self.rules.items():

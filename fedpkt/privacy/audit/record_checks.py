@@ -5,7 +5,9 @@ numeric scalars, numpy ``.npy`` headers, and the phase-1 train metric names both
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,13 @@ class ContractSpec:
     arrays: dict[str, ArraySpec]
     clients: dict[str, tuple[str, int]]
     secagg: bool = False
+
+    def digest(self) -> str:
+        """SHA-256 of what a non-handshake reply is checked against (θ's arrays, SecAgg+): the
+        egress mod and the audit agree on it when they check by the same contract."""
+        arrays = {name: [a.dtype, list(a.shape)] for name, a in sorted(self.arrays.items())}
+        text = json.dumps({"arrays": arrays, "secagg": self.secagg}, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _is_number(value: Any) -> bool:
@@ -89,11 +98,14 @@ def _check_keys(
 
 
 def _only_records(
-    entry: EgressEntry, allowed: set[tuple[str, str]], label: str | None = None
+    entry: EgressEntry,
+    allowed: set[tuple[str, str]],
+    label: str | None = None,
+    required: bool = True,
 ) -> tuple[list[Finding], dict[tuple[str, str], list[dict[str, Any]]]]:
-    """Group records by (kind, name); a group not in ``allowed``, or an allowed one missing
-    from a reply that is not an error, is a finding. ``label`` names the reply in findings
-    (default: its message type)."""
+    """Group records by (kind, name); a group not in ``allowed``, or (``required``) an allowed
+    one missing from a reply that is not an error, is a finding. ``label`` names the reply in
+    findings (default: its message type)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in entry.records:
         groups.setdefault((record["kind"], str(record["record"])), []).append(record)
@@ -111,7 +123,7 @@ def _only_records(
                 )
             )
     for kind, name in sorted(allowed):
-        if (kind, name) not in groups and not entry.error:
+        if required and (kind, name) not in groups and not entry.error:
             findings.append(
                 entry.finding("contract", f"{kind} record '{name}' is missing", record=name)
             )

@@ -1,21 +1,24 @@
 """Auditing a run directory: who each node speaks for, the searchable index of all clients'
-data (:class:`DataIndex`), the backbone's tokenizer and config, and :func:`audit_run`,
-which checks every reply against the contract and scans it for its sender's data.
+data (:class:`DataIndex`), and :func:`audit_run`, which checks every reply against the
+contract and scans it for its sender's data: itself, from the stored bytes, and from the
+check the egress mod recorded where the reply was sent (``client_check``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedpkt.atomic import atomic_write_json, atomic_write_text
-from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.errors import FedpktError
 from fedpkt.local import PHASE2_METRICS
+from fedpkt.privacy.audit.backbone import load_model_config, load_tokenizer
 from fedpkt.privacy.audit.byte_search import ENCODINGS
+from fedpkt.privacy.audit.client_check import recorded_findings
 from fedpkt.privacy.audit.contract import HANDSHAKE, check_contract, contract_spec
 from fedpkt.privacy.audit.egress_log import EgressEntry, _record_value, load_payload, read_egress
 from fedpkt.privacy.audit.findings import AuditReport, Finding, FindingKind
@@ -28,7 +31,8 @@ from fedpkt.privacy.audit.fingerprints import (
     client_sequences,
     dialogue_keys,
 )
-from fedpkt.privacy.audit.scan import scan_reply
+from fedpkt.privacy.audit.record_checks import ContractSpec
+from fedpkt.privacy.audit.scan import TEXT_ENCODINGS, scan_reply
 from fedpkt.rundir import RunDir
 
 
@@ -45,7 +49,8 @@ def senders(
         ids = by_node.setdefault(entry.node, set())
         if entry.client in known:
             ids.add(str(entry.client))
-        if entry.message_type == HANDSHAKE and entry.records:
+        ids.update(c for c in entry.cohort or () if c in known)
+        if entry.message_type == HANDSHAKE and entry.records and entry.payload:
             for record in entry.records:
                 if record["kind"] == "config" and record["key"] == "client-ids":
                     payload = load_payload(egress_dir, entry)
@@ -56,46 +61,15 @@ def senders(
 
 
 def _owners(entry: EgressEntry, by_node: dict[int, set[str]], known: set[str]) -> list[str]:
-    """The clients whose data ``entry`` is searched for: its sender, else its node's clients,
-    else (nothing known about the node) every client."""
+    """The clients whose data ``entry`` is searched for: every persona of a cohort request (a
+    persona's part may leak another's data), else its sender, else its node's clients, else
+    (nothing known about the node) every client."""
+    cohort = sorted(set(entry.cohort or ()) & known)
+    if cohort:
+        return cohort
     if entry.client in known:
         return [str(entry.client)]
     return sorted(by_node.get(entry.node) or known)
-
-
-def load_tokenizer(cfg: FedpktConfig) -> Any:
-    """The run's backbone tokenizer (only the tokenizer: the audit needs no weights)."""
-    from transformers import AutoTokenizer
-
-    from fedpkt.model.backbone import backbone_path
-
-    path = backbone_path(
-        cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False
-    )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FedpktError(
-            f"backbone '{cfg.backbone.name}' has no usable tokenizer ({first})"
-        ) from None
-    # Whole dialogues are longer than the model's context; they are only searched for, never
-    # fed to the model, so the length warning would be noise.
-    tokenizer.model_max_length = 1 << 62
-    return tokenizer
-
-
-def load_model_config(cfg: FedpktConfig) -> Any:
-    """The backbone's config (for θ's shapes): what the server itself builds θ_0 from."""
-    from fedpkt.model.backbone_info import backbone_config
-
-    try:
-        return backbone_config(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
-    except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FedpktError(
-            f"backbone '{cfg.backbone.name}' has an unreadable config ({first})"
-        ) from None
 
 
 class DataIndex:
@@ -128,6 +102,7 @@ class DataIndex:
         )
         self.keep_fingerprints = keep_fingerprints
         self._fingerprints: dict[str, Fingerprint] = {}
+        self._digests: dict[str, str] = {}
 
     @classmethod
     def for_run(cls, run: RunDir, tokenizer: Any = None, **kwargs: Any) -> DataIndex:
@@ -136,6 +111,12 @@ class DataIndex:
         return cls(
             run.data_root(cfg), tokenizer or load_tokenizer(cfg), cfg.data.history_turns, **kwargs
         )
+
+    def digest(self, client_id: str) -> str:
+        """SHA-256 of what is searched for in this client's replies (``ClientSequences``)."""
+        if client_id not in self._digests:
+            self._digests[client_id] = self.sequences[client_id].digest()
+        return self._digests[client_id]
 
     def fingerprint(self, client_id: str) -> Fingerprint:
         if client_id in self._fingerprints:
@@ -146,13 +127,71 @@ class DataIndex:
         return built
 
 
+CHECKED_BY = ("audit", "client", "client+audit")
+"""Where a reply was checked: by the audit from its stored bytes, by the egress mod as it was
+sent (its bytes not kept), or both."""
+
+
+@dataclasses.dataclass
+class _Line:
+    """One log line as the audit holds it: the stored bytes (None: not kept) and the findings
+    of the egress mod's check (None: none that can stand in for the audit's)."""
+
+    entry: EgressEntry
+    owners: list[str]
+    payload: bytes | None
+    recorded: tuple[list[Finding], list[Finding]] | None
+
+    @property
+    def checked_by(self) -> str:
+        if self.payload is None:
+            return "client"
+        return "audit" if self.recorded is None else "client+audit"
+
+
+def _read_line(
+    entry: EgressEntry, owners: list[str], egress: Path, spec: ContractSpec, index: DataIndex
+) -> _Line:
+    """Load a line's stored bytes (verified) and its recorded check; FedpktError when the line
+    can be checked neither way."""
+    recorded, why = None, None
+    if entry.client_check is not None:
+        try:
+            recorded = recorded_findings(entry, spec, index, owners)
+        except FedpktError as err:
+            why = str(err)
+    if entry.payload or not entry.records or recorded is None:
+        if why and not entry.payload and entry.records:
+            raise FedpktError(f"{why}, and its payload bytes were not kept: it cannot be audited")
+        return _Line(entry, owners, load_payload(egress, entry), recorded)
+    return _Line(entry, owners, None, recorded)
+
+
+def _merge(own: list[Finding], recorded: list[Finding] | None, line: _Line) -> list[Finding]:
+    """The audit's findings and the egress mod's, each once, marked with who found it."""
+    merged: dict[tuple[Any, ...], Finding] = {}
+    for finding, by in [(f, "audit") for f in own] + [(f, "client") for f in recorded or []]:
+        key = (finding.kind, finding.record, finding.key, finding.source, finding.detail)
+        old = merged.get(key)
+        if old is None:
+            merged[key] = dataclasses.replace(finding, checked_by=by)
+        elif old.checked_by != by:
+            matches = max(old.matches, finding.matches)
+            merged[key] = dataclasses.replace(old, checked_by="client+audit", matches=matches)
+    return list(merged.values())
+
+
 def audit_run(
     run_dir: str | Path, *, index: DataIndex | None = None, model_config: Any = None
 ) -> AuditReport:
     """Audit one run directory; raises FedpktError on bad input (nothing is written).
 
-    ``index`` (the run's client data made searchable) and ``model_config`` (the backbone's, for
-    θ's shapes) default to the run's own; pass them to audit many runs over the same data.
+    Each line is checked against the contract and searched for its owners' data by the audit
+    itself when its bytes were kept, and by the egress mod's recorded check (its generic
+    windows dropped) when that check was made with the audit's rules, contract and data;
+    a line with neither is bad input. ``index`` (the run's client data made searchable) and
+    ``model_config`` (the backbone's, for θ's shapes) default to the run's own; pass them to
+    audit many runs over the same data.
     """
     started = time.perf_counter()
     run = RunDir(Path(run_dir))
@@ -164,23 +203,6 @@ def audit_run(
     manifest = load_manifest(data_root)
     spec = contract_spec(cfg, model_config or load_model_config(cfg), manifest)
     known = set(spec.clients)
-
-    findings: list[Finding] = []
-    by_type: dict[str, dict[str, int]] = {}
-    for entry in entries:
-        payload = load_payload(run.egress, entry)
-        row = by_type.setdefault(entry.message_type, {"messages": 0, "bytes": 0})
-        row["messages"] += 1
-        row["bytes"] += len(payload)
-        findings += check_contract(entry, payload, spec)
-        if entry.client is not None and entry.client not in known:
-            findings.append(
-                entry.finding(
-                    "contract",
-                    f"request named client '{entry.client}', which is not in the manifest",
-                )
-            )
-
     if index is None:
         index = DataIndex.for_run(run)
     elif index.data_root.resolve() != data_root.resolve():
@@ -189,15 +211,44 @@ def audit_run(
             f"'{data_root}'"
         )
     by_node = senders(entries, run.egress, known)
-    groups: dict[str, list[EgressEntry]] = {}
-    for entry in entries:
-        for owner in _owners(entry, by_node, known):
-            groups.setdefault(owner, []).append(entry)
+    lines = [_read_line(e, _owners(e, by_node, known), run.egress, spec, index) for e in entries]
+
+    own: dict[int, list[Finding]] = {}
+    by_type: dict[str, dict[str, int]] = {}
+    checked: dict[str, list[str]] = {by: [] for by in CHECKED_BY}
+    for number, line in enumerate(lines):
+        entry = line.entry
+        row = by_type.setdefault(entry.message_type, {"messages": 0, "bytes": 0})
+        row["messages"] += 1
+        row["bytes"] += len(line.payload) if line.payload is not None else entry.bytes
+        checked[line.checked_by].append(entry.log)
+        found = own.setdefault(number, [])
+        if line.payload is not None:
+            found += check_contract(entry, line.payload, spec)
+        for client in [entry.client] if entry.client is not None else entry.cohort or ():
+            if client not in known:
+                found.append(
+                    entry.finding(
+                        "contract",
+                        f"request named client '{client}', which is not in the manifest",
+                    )
+                )
+    groups: dict[str, list[int]] = {}
+    for number, line in enumerate(lines):
+        for owner in line.owners:
+            groups.setdefault(owner, []).append(number)
     decode = getattr(index.tokenizer, "decode", None)
     for client_id in sorted(groups):
+        stored = [n for n in groups[client_id] if lines[n].payload is not None]
+        if not stored:
+            continue
         fingerprint = index.fingerprint(client_id)
-        for entry in groups[client_id]:
-            findings += scan_reply(entry, load_payload(run.egress, entry), fingerprint, decode)
+        for n in stored:
+            own[n] += scan_reply(lines[n].entry, lines[n].payload or b"", fingerprint, decode)
+    findings: list[Finding] = []
+    for number, line in enumerate(lines):
+        recorded = line.recorded[0] + line.recorded[1] if line.recorded else None
+        findings += _merge(own[number], recorded, line)
 
     return AuditReport(
         run=str(run.root),
@@ -213,9 +264,11 @@ def audit_run(
             "generic_min_clients": index.generic.min_clients,
             "persona_and_canary_min_words": MIN_SENTENCE_WORDS,
             "token_encodings": [name for name, _ in ENCODINGS],
+            "text_encodings": [name for name, _ in TEXT_ENCODINGS],
             "phase2_metrics": sorted(PHASE2_METRICS),
             "secagg": spec.secagg,
         },
+        checked=checked,
     )
 
 
