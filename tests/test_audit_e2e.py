@@ -5,6 +5,11 @@ egress mod, so what they add is exactly what the log records. Each mod is one le
 in its own record, and each test checks its own leak by where the finding points:
 (1) a dialogue line in a ConfigRecord, (2) token ids in an extra array, (3) text in a metric
 name, (4) a persona sentence in a phase-2 reply.
+
+The clean run keeps payload bytes as by default (``privacy.record_payloads = "sampled"``: round
+1 and small replies), so the audit checks some lines itself and takes the egress mod's check for
+the rest; the leaky runs keep none it checked (``"none"``), so every leak is caught where it
+was sent.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ RUN = {"phase1__rounds": 2, "data__canaries": 2}
 
 
 def _client_of(msg: Message, message_type: str) -> str | None:
-    """The client a request of ``message_type`` is for, else None."""
+    """The client a request of ``message_type`` is for (a cohort's first), else None."""
     if msg.metadata.message_type != message_type:
         return None
-    return str(msg.content.config_records["config"]["client-id"])
+    config = msg.content.config_records["config"]
+    return str(config["client-id"] if "client-id" in config else config["client-ids"][0])
 
 
 def _longest_line(data: ClientData) -> str:
@@ -123,7 +129,7 @@ def leaky_source(tmp_path_factory: pytest.TempPathFactory) -> AuditReport:
     root = tmp_path_factory.mktemp("audit-leaky") / "run"
     data = root / "data"
     mods = [leak_line_in_config(data), leak_token_ids(data), leak_text_in_metric_name(data)]
-    cfg = tiny_config(**{**RUN, "phase1__rounds": 1})
+    cfg = tiny_config(**{**RUN, "phase1__rounds": 1, "privacy__record_payloads": "none"})
     run = simulate(cfg, root, phases="source", client_mods=mods)
     return audit_run(run.root)
 
@@ -135,7 +141,9 @@ def leaky_personalize(clean: RunDir, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copytree(clean.data, root / "data", ignore=shutil.ignore_patterns("vaults"))
     (root / "checkpoints").mkdir()
     shutil.copy(clean.source_prefix, root / "checkpoints" / clean.source_prefix.name)
-    cfg = tiny_config(**RUN, phase2__max_clients=1, phase2__max_epochs=1)
+    cfg = tiny_config(
+        **RUN, phase2__max_clients=1, phase2__max_epochs=1, privacy__record_payloads="none"
+    )
     mods = [leak_persona_sentence(root / "data")]
     run = simulate(cfg, root, phases="personalize", client_mods=mods)
     return audit_run(run.root)
@@ -149,8 +157,20 @@ def test_clean_run_has_zero_findings(clean: RunDir) -> None:
     report = audit_run(clean.root)
     assert report.findings == []
     assert report.verdict == "clean"
-    assert report.messages == len(read_egress(clean.egress))
-    assert report.bytes == sum(p.stat().st_size for p in (clean.egress / "payloads").iterdir())
+    entries = read_egress(clean.egress)
+    assert report.messages == len(entries)
+    assert report.bytes == sum(e.bytes for e in entries)
+
+
+def test_clean_run_is_checked_by_the_audit_and_where_it_was_sent(clean: RunDir) -> None:
+    """Round 2's W_i (tiny θ: 21.6 KB, over the 16 KiB kept under "sampled") are checked only
+    by the egress mod; round 1 by both; handshakes (no run config) only by the audit."""
+    report = audit_run(clean.root)
+    entries = {e.log: e for e in read_egress(clean.egress)}
+    client_only = [entries[log] for log in report.checked["client"]]
+    assert client_only and {(e.message_type, e.round) for e in client_only} == {("train", 2)}
+    assert report.checked["client+audit"]
+    assert {entries[log].message_type for log in report.checked["audit"]} == {"query"}
 
 
 def test_clean_run_covers_every_reply_type(clean: RunDir) -> None:
@@ -181,6 +201,13 @@ def test_token_ids_in_an_extra_array_are_caught(leaky_source: AuditReport) -> No
 def test_text_in_a_metric_name_is_caught(leaky_source: AuditReport) -> None:
     found = [f for f in _at(leaky_source, "metrics") if f.key not in ("num-examples", "train-loss")]
     assert found and {f.kind for f in found} == {"text"}
+
+
+def test_leaks_are_caught_where_they_were_sent(leaky_source: AuditReport) -> None:
+    """No W_i bytes were kept: the egress mod's own check found every leak."""
+    train = [f for f in leaky_source.findings if f.message_type == "train"]
+    assert train and {f.checked_by for f in train} == {"client"}
+    assert leaky_source.checked["client"] and not leaky_source.checked["client+audit"]
 
 
 def test_every_leaking_client_is_named(leaky_source: AuditReport) -> None:
