@@ -8,13 +8,16 @@ contract check and content scan stand in for them). The figures are the bytes th
 the log line, and the payload file. The projection for the paper's setting (gpt2-medium, 25.7 M
 trainable parameters: 103 MB per reply; 2,000 rounds × 4 clients = 8,000 replies) takes the
 measured line size (θ has the same five arrays there, so the line is the same size) and the
-paper's payload size. Prints one JSON object.
+paper's payload size. It also times the mod's own check on one reply of the paper's size
+(103 MB of float32; its names and shapes are not θ's, which only adds contract findings).
+Prints one JSON object.
 
-    .venv/bin/python bench/audit_trail.py
+    .venv/bin/python bench/audit_trail.py [--no-paper-scan]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import time
@@ -74,7 +77,17 @@ def send(
     }
 
 
+def paper_sized_reply(seed: int = 0) -> RecordDict:
+    """One reply of the paper's size: 25.7 M float32 values in one array, and the metrics."""
+    values = np.random.default_rng(seed).standard_normal(25_750_000, dtype=np.float32)
+    metrics = MetricRecord({"num-examples": 42, "train-loss": 3.125})
+    return RecordDict({"arrays": to_array_record({"w": values}), "metrics": metrics})
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-paper-scan", action="store_true", help="skip the 103 MB timing")
+    args = parser.parse_args()
     for attr, value in (("run_id", 1), ("node_id", 7), ("task_id", 1)):
         setattr(TaskIdentity, attr, value)  # replies are stamped with the running task
     cfg = load_config("embedded")
@@ -101,6 +114,10 @@ def main() -> None:
         send(root / "warm", "none", root / "data", config, reply)  # tokenizer, θ_0, tables
         kept = send(root / "all", "all", root / "data", config, reply)
         lean = send(root / "none", "none", root / "data", config, reply)
+        paper = None
+        if not args.no_paper_scan:
+            big = send(root / "paper", "none", root / "data", config, paper_sized_reply())
+            paper = {k: big[k] for k in ("reply_bytes", "line_bytes", "mod_seconds")}
     line = lean["line_bytes"]
     gb = 1e9
     projection = {
@@ -120,6 +137,7 @@ def main() -> None:
                 "theta_arrays": {k: list(v.shape) for k, v in theta.items()},
                 "phase1_reply": {"with_payload_copy": kept, "without_payload_copy": lean},
                 "paper_projection": projection,
+                "paper_sized_reply_checked_by_the_mod": paper,
             },
             indent=2,
         )
