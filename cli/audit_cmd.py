@@ -42,6 +42,12 @@ def audit_command(
         f"{len(report.clients_scanned)} clients' data searched in {report.seconds:.1f}s",
         highlight=False,
     )
+    counts = {by: len(logs) for by, logs in report.checked.items()}
+    console.print(
+        f"checked from kept bytes: {counts.get('audit', 0)} lines, by the egress mod as sent: "
+        f"{counts.get('client', 0)}, both: {counts.get('client+audit', 0)}",
+        highlight=False,
+    )
     if report.findings:
         console.print(_findings_table(report))
         if len(report.findings) > MAX_ROWS:

@@ -10,9 +10,13 @@ questions separately.
    prefix arrays of θ_0 for this run (names, float32, shapes: ``fedpkt.source.initial_theta`` on
    the run's config and backbone config; the array bytes must be the numpy file of that shape)
    and MetricRecord ``metrics`` {num-examples, train-loss}. A phase-1 ``evaluate`` reply holds
-   MetricRecord ``metrics`` {num-examples, val-loss}. A phase-2 ``train.personalize`` reply holds
-   MetricRecord ``metrics`` with numeric scalars under :data:`fedpkt.local.PHASE2_METRICS` names
-   only. Anything else (an extra record, key, array or message type) is a ``contract`` finding.
+   MetricRecord ``metrics`` {num-examples, val-loss}. A phase-2 ``train.personalize`` reply to a
+   cohort (``client-ids``) is logged and checked persona by persona: persona p's line holds
+   MetricRecord ``metrics/p`` with numeric scalars under :data:`fedpkt.local.PHASE2_METRICS`
+   names only, and/or p's one-line reason in ConfigRecord ``failed``; whatever no persona of
+   the request owns is a finding (``fedpkt.privacy.cohort``). A one-client request may still be
+   answered with MetricRecord ``metrics``. Anything else (an extra record, key, array or
+   message type) is a ``contract`` finding.
 
    Under SecAgg+ (``privacy.secagg = true``) every phase-1 ``train`` reply is instead one stage
    of Flower 1.42's ``secaggplus_mod``, all in ConfigRecord ``secaggplus_configs``
@@ -58,9 +62,16 @@ Out of reach by design: values hidden in float mantissas or spread over many met
 shorter than 8 words that are not persona sentences. Those leaks need a covert encoding; the
 contract check bounds the channel they could use.
 
-The audit needs the clients' data (it runs where the run directory's ``data/`` is) and the
-recorded payloads (``privacy.record_payloads=true``, the default); without them it stops with
-exit code 2 rather than call an unchecked run clean.
+Where both checks run. The egress mod runs checks 1 and 2 itself on every reply as it is sent
+(``client_check``: the same code, against the client's own data, see :mod:`client_check`), so
+the log need not keep every payload (``privacy.record_payloads``: all, sampled, none). The
+audit checks a line itself when its bytes were kept, and takes the mod's recorded check when
+it was made with the audit's rules, contract and data, dropping the generic windows only it
+can tell; the report says which lines were checked where (``checked``).
+
+The audit needs the clients' data (it runs where the run directory's ``data/`` is) and, for
+each line, its kept bytes or a usable recorded check; without them it stops with exit code 2
+rather than call an unchecked run clean.
 
 One module per job, each importing only modules above it in this list; the package re-exports
 the public names, so ``from fedpkt.privacy.audit import audit_run`` stays the entry point:
