@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from clients.egress import SMALL_PAYLOAD_BYTES, keep_payload, payload_mode
+from clients.egress import SMALL_PAYLOAD_BYTES, PayloadMode, keep_payload, payload_mode
 from fedpkt.errors import FedpktError
 from fedpkt.privacy.audit import Finding, write_audit
 from fedpkt.rundir import RunDir, create_run_dir
@@ -156,10 +156,10 @@ CONTROLS = [
 
 
 def _replay(
-    world: dict[str, Any], root: Path, payloads: str, message_type: str, reply: Any
+    world: dict[str, Any], root: Path, payloads: PayloadMode, message_type: str, reply: Any
 ) -> tuple[RunDir, list[dict[str, Any]]]:
     run = create_run_dir(world["cfg"], root / payloads)
-    node = Node(run, world["cfg"], 11, payloads=payloads, data_root=world["root"])  # type: ignore[arg-type]
+    node = Node(run, world["cfg"], 11, payloads=payloads, data_root=world["root"])
     node.handshake(["A-0000"], ["A"], [_manifest_count(world, "A-0000")])
     return run, node.send(message_type, SOURCE, reply)
 
