@@ -28,7 +28,8 @@ def simulate_command(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue a stopped run: phase 1 from its last checkpoint, phase 2 with the personas that have no result yet.",
+        help="Continue a stopped run: phase 1 from its last checkpoint, then phase 2 for the "
+        "personas that have no result yet.",
     ),
     init: str | None = typer.Option(None, "--init", help="Phase-2 init: source or random."),
     strategy: str | None = typer.Option(None, "--strategy", help="ppreptile, base, temperature."),

@@ -133,28 +133,21 @@ class Phase2Config(_Section):
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     max_clients: int = Field(0, ge=0, description="Personalize at most this many B/C clients.")
     cohort_size: int = Field(
-        8,
-        ge=1,
-        le=1024,
-        description="Personas a node trains and evaluates together, one backbone pass per "
-        "step (each keeps its own prefix, optimizer, schedule and early stopping); 1 trains "
-        "them one at a time, as on real devices.",
-    )
-    personas_per_message: int = Field(
         0,
         ge=0,
-        le=4096,
-        description="Most personas one phase-2 message asks a node to personalize; the "
-        "cohort's free slots refill from them (continuous batching) and results stream per "
-        "message. 0: 4 x cohort_size, or 1 when cohort_size is 1 (one persona per message).",
+        le=1024,
+        description="Personas a node trains and evaluates together, one backbone pass per "
+        "step (each keeps its own prefix, optimizer, schedule and early stopping). 0: by the "
+        "backbone's device, 1 on a CPU (compute-bound: batching measured no faster), 32 on a GPU.",
     )
-
-    @property
-    def message_personas(self) -> int:
-        """Personas per phase-2 message: ``personas_per_message``, or its default (0)."""
-        if self.personas_per_message:
-            return self.personas_per_message
-        return 1 if self.cohort_size == 1 else 4 * self.cohort_size
+    personas_per_message: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Most personas of one node in one phase-2 message; a cohort's free slots "
+        "refill from them (continuous batching) and results stream per message. 1: one persona "
+        "per message, as on real devices.",
+    )
 
     finetune_lr: float = Field(
         5e-5,
@@ -275,11 +268,6 @@ class FedpktConfig(_Section):
             raise ValueError(
                 f"dp.client_dp='{self.dp.client_dp}' clips each client update on the server, "
                 "which privacy.secagg=true hides; use one of the two"
-            )
-        if 0 < self.phase2.personas_per_message < self.phase2.cohort_size:
-            raise ValueError(
-                f"phase2.personas_per_message={self.phase2.personas_per_message} must be >= "
-                f"phase2.cohort_size={self.phase2.cohort_size} (a message fills the cohort)"
             )
         if self.eval.c_backend == "model" and not self.eval.nli_model:
             raise ValueError("eval.nli_model must name an NLI model when eval.c_backend='model'")

@@ -5,9 +5,10 @@ prefix initialised from the source prefix (or at random), AdamW training with it
 schedule and early stopping on its own validation split, its test loss before and after, and
 beam-search replies to its own test prompts, scored against its own references and persona
 (F1, 2-gram F1, LCS F1, C). What is shared is only the frozen backbone's forward passes:
-training runs through ``fedpkt.train.cohort.train_cohort`` (``phase2.cohort_size`` personas per
-pass), test losses through ``cohort_losses``, and generation puts the test prompts of many
-personas in one ``generate`` call, each row under its own persona's folded prefix.
+training runs through ``fedpkt.train.cohort.train_cohort`` (``phase2.cohort_size`` personas
+per pass; 0 picks by device, ``default_cohort_size``), test losses through ``cohort_losses``,
+and generation puts the test prompts of many personas in one ``generate`` call, each row under
+its own persona's folded prefix.
 
 A persona that fails (no training or test data, a non-finite loss, a scoring error) is
 reported as a ``PersonaFailure`` with a one-line reason; the others go on.
@@ -33,7 +34,7 @@ from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.eval.scoring import score_responses
 from fedpkt.model.generate import generate_replies
 from fedpkt.model.prefix import PersonaPrefix
-from fedpkt.train.cohort import CohortJob, cohort_losses, train_cohort
+from fedpkt.train.cohort import CohortJob, cohort_losses, default_cohort_size, train_cohort
 from fedpkt.train.dp import train_prefix_dp
 from fedpkt.train.loop import LoopSettings, TrainResult, pad_id_for
 
@@ -128,6 +129,7 @@ def personalize_cohort(
         raise FedpktError("a cohort's personas must share one backbone")
     model = backbone.model
     pad_id = pad_id_for(model, backbone.tokenizer)
+    cohort_size = phase2.cohort_size or default_cohort_size(backbone.device)
     outcomes: dict[str, Outcome] = {}
     prefixes: dict[str, PersonaPrefix] = {}
     live: dict[str, PersonaTask] = {}
@@ -182,7 +184,7 @@ def personalize_cohort(
                 on_trained(cid)
 
         for cid, outcome in train_cohort(
-            model, jobs, cohort_size=phase2.cohort_size, pad_id=pad_id, on_done=done
+            model, jobs, cohort_size=cohort_size, pad_id=pad_id, on_done=done
         ).items():
             if outcome.result is None:
                 outcomes[cid] = PersonaFailure(outcome.error or f"{cid}: training failed")
@@ -192,7 +194,7 @@ def personalize_cohort(
     if live:
         final_losses = test_losses()
         folded = {cid: prefixes[cid].fold() for cid in live}
-        replies = _generate(live, folded, generation, phase2.cohort_size)
+        replies = _generate(live, folded, generation, cohort_size)
     seconds = (time.perf_counter() - started) / len(tasks)
     for cid, task in live.items():
         client = task.client

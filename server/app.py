@@ -10,7 +10,6 @@ SuperLink, from the run config keys ``run-dir``, ``config``, ``set`` (``;``-sepa
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -197,7 +196,7 @@ def phase2_targets(directory: ClientDirectory, cfg: FedpktConfig) -> list[Client
 def cohort_messages(
     targets: list[ClientEntry], cfg: FedpktConfig, source: Arrays | None
 ) -> list[tuple[Message, list[ClientEntry]]]:
-    """Phase-2 messages: each node's targets in chunks of ``phase2.message_personas``.
+    """Phase-2 messages: each node's targets in chunks of ``phase2.personas_per_message``.
 
     A message names its personas (``client-ids``) and their seeds; the node trains them
     ``phase2.cohort_size`` at a time. Seeds depend on the run seed and the client id only, so
@@ -207,7 +206,7 @@ def cohort_messages(
     for entry in targets:
         by_node.setdefault(entry.node_id, []).append(entry)
     config_text = config_to_toml(cfg)
-    size = cfg.phase2.message_personas
+    size = cfg.phase2.personas_per_message
     out: list[tuple[Message, list[ClientEntry]]] = []
     for node_id, entries in by_node.items():
         for start in range(0, len(entries), size):
@@ -285,10 +284,10 @@ def run_phase2(
         log(INFO, "phase 2: %d personas already have results; %d to go", len(kept), len(pending))
     plan = cohort_messages(pending, cfg, source if cfg.phase2.init == "source" else None)
     entries = {id(message): chunk for message, chunk in plan}
-    # No reply for this long means the node is gone: a message holds up to message_personas
-    # personas trained cohort_size at a time, each within the per-client timeout.
-    waves = math.ceil(cfg.phase2.message_personas / cfg.phase2.cohort_size)
-    idle = cfg.phase1.client_timeout_s * 4 * waves
+    # No reply for this long means the node is gone: a message holds up to
+    # personas_per_message personas, in the worst case trained one at a time, each within
+    # the per-client timeout.
+    idle = cfg.phase1.client_timeout_s * cfg.phase2.personas_per_message
     for request, reply in stream_replies(grid, [m for m, _ in plan], idle):
         for entry, outcome in _persona_outcomes(entries[id(request)], reply, cfg.phase2.max_epochs):
             if isinstance(outcome, str):

@@ -1,8 +1,9 @@
 """Phase 2 streams its results and resumes: kill a real `fedpkt simulate` mid-phase-2 (issue 13 §4).
 
-Personas are trained one per message (``cohort_size = 1``) so that, killed after a few
-results, most are still to do; each persona's result depends only on its own seed, so the
-resumed run's results must equal an uninterrupted run's exactly.
+Personas go one per message, one worker at a time, so that, killed after two results, most are
+still to do; each persona's result depends only on its own seed, so the resumed run's results
+must equal an uninterrupted run's exactly. Random init skips phase 1 (its resume has its own
+test in test_phase1_flower.py).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ pytestmark = pytest.mark.e2e
 
 SETTINGS = {
     **TINY,
-    "data.scale": "default",
-    "phase1.rounds": 2,
-    "phase2.max_clients": 12,
-    "phase2.cohort_size": 1,
+    "phase2.init": "random",
+    "phase2.personas_per_message": 1,
+    "simulation.workers": 1,
 }
+PERSONAS = 6  # Parts B and C of the tiny corpus
 
 
 def _client_events(run_dir: Path) -> list[dict]:
@@ -74,14 +75,14 @@ def test_killed_phase2_resumes_only_the_personas_without_a_result(tmp_path: Path
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     kept = {e["client_id"] for e in _client_events(broken)}
-    assert 2 <= len(kept) < SETTINGS["phase2.max_clients"], "kill should land mid-phase-2"
+    assert 2 <= len(kept) < PERSONAS, "kill should land mid-phase-2"
     assert not (broken / "results.json").exists()
     killed_at = time.time()
 
     resumed = simulate(tiny_config(**values), broken, resume=True)
     events = _client_events(broken)
     ids = [e["client_id"] for e in events]
-    assert len(ids) == len(set(ids)) == SETTINGS["phase2.max_clients"], "one result per persona"
+    assert len(ids) == len(set(ids)) == PERSONAS, "one result per persona"
     retrained = set(_personalized_since(broken, killed_at))
     assert not kept & retrained, f"personas with a result were trained again: {kept & retrained}"
     assert retrained == set(ids) - kept

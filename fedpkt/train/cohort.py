@@ -312,6 +312,18 @@ def rows_per_pass(device: torch.device) -> int:
 
 
 CPU_ROWS_PER_PASS = 16
+GPU_COHORT_SIZE = 32
+
+
+def default_cohort_size(device: torch.device) -> int:
+    """``phase2.cohort_size = 0``: 1 on a CPU, ``GPU_COHORT_SIZE`` on a GPU.
+
+    On a CPU the embedded backbone is compute-bound: ``bench/phase2_cohort.py`` measured
+    cohorts of 8-32 at 0.83-0.98x the CPU time of one persona at a time (padding and the
+    per-persona bookkeeping cost what batching saves; ``bench/RESULTS.md``). A GPU runs one
+    persona's 4-row step far below capacity, which is what cohorts are for.
+    """
+    return 1 if device.type == "cpu" else GPU_COHORT_SIZE
 
 
 def _cohort_step(
