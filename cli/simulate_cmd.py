@@ -54,8 +54,10 @@ def simulate_command(
             "simulation.ray_address": ray_address,
         },
     )
+    from sim.ray_cluster import check_resources
     from sim.simulate import simulate  # heavy (Flower, Ray): imported once the config is valid
 
+    check_resources(cfg.simulation)  # a GPU nothing serves: one line, before the progress bars
     with run_progress(cfg.phase1.rounds) as (_, on_event):
         run = simulate(cfg, run_dir, phases=phase, resume=resume, on_event=on_event)
     console.print(f"run directory: [bold]{run.root}[/]")
