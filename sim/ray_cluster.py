@@ -174,7 +174,8 @@ def _check_answers(address: str) -> None:
 
 
 def client_slots(node_resources: dict[str, float], sim: SimulationConfig) -> int:
-    """How many client workers a node's resources hold, counted as Flower's actor pool does."""
+    """How many client workers a node's resources hold, counted as Flower's actor pool does:
+    8 CPUs and 2 GPUs at 0.5 GPU a client hold min(8 / 1, 2 / 0.5) = 4; no GPU holds none."""
     slots = int(node_resources.get("CPU", 0) / 1)
     if sim.gpus_per_client > 0:
         gpus = node_resources.get("GPU", 0)
@@ -251,6 +252,8 @@ def check_nodes_see(run_root: Path, data_root: Path, sim: SimulationConfig) -> N
     """Every alive node that may host a client reads the driver's check file in ``run_root``,
     writes there and finds ``data_root``'s manifest; otherwise one line naming the node."""
     nodes = [node for node in _nodes() if client_slots(node["Resources"], sim)]
+    if not nodes:
+        return  # nothing can host a client: _check_capacity says so
     marker, token = run_root / NODE_CHECK_MARKER, secrets.token_hex(16)
     atomic_write_text(marker, token)
     probe = ray.remote(num_cpus=0, max_retries=0)(probe_paths)
