@@ -38,6 +38,12 @@ def simulate_command(
     secagg: bool | None = typer.Option(
         None, "--secagg/--no-secagg", help="Phase 1 through Flower SecAgg+ (masked updates)."
     ),
+    gpus_per_client: float | None = typer.Option(
+        None, "--gpus-per-client", help="GPU share per Ray worker (0.25: four per GPU; 0: CPU)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="HOST:PORT of a running Ray head to join (default: local)."
+    ),
 ) -> None:
     """Run PersonaPKT federated: phase 1 (source prefix) and phase 2 (personalization)."""
     cfg = resolve_config(
@@ -49,10 +55,14 @@ def simulate_command(
             "phase1.rounds": rounds,
             "backbone.name": backbone,
             "privacy.secagg": secagg,
+            "simulation.gpus_per_client": gpus_per_client,
+            "simulation.ray_address": ray_address,
         },
     )
+    from sim.ray_cluster import check_resources
     from sim.simulate import simulate  # heavy (Flower, Ray): imported once the config is valid
 
+    check_resources(cfg.simulation)  # a GPU nothing serves: one line, before the progress bars
     with run_progress(cfg.phase1.rounds) as (_, on_event):
         run = simulate(cfg, run_dir, phases=phase, resume=resume, on_event=on_event)
     console.print(f"run directory: [bold]{run.root}[/]")

@@ -239,6 +239,34 @@ class SimulationConfig(_Section):
     workers: int = Field(
         0, ge=0, le=1024, description="Ray workers (ClientApp processes); 0: one per CPU (max 8)."
     )
+    gpus_per_client: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="GPU share Ray reserves for each ClientApp worker, whose backbone then runs "
+        "on that GPU (0.25: four workers per GPU; at most 1, a client uses one GPU); 0: workers "
+        "see no GPU and run on the CPU.",
+    )
+    ray_address: str = Field(
+        "",
+        description="'': start a local Ray instance; 'HOST:PORT': join the Ray cluster whose "
+        "head listens there (`ray start --head`). The run directory and data must then be on a "
+        "filesystem every node mounts at the same path; the nodes' resources set the workers.",
+    )
+
+    @field_validator("ray_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        text = value.strip()
+        host, _, port = text.rpartition(":")
+        valid = host and " " not in host and "/" not in host and port.isdigit()
+        if text and not (valid and 0 < int(port) < 65536):
+            raise ValueError(
+                f"simulation.ray_address='{value}' is not HOST:PORT of a Ray head (e.g. "
+                "10.0.0.1:6379; Ray Client 'ray://' addresses are not supported); '' starts a "
+                "local Ray instance"
+            )
+        return text
 
 
 class FedpktConfig(_Section):
@@ -268,6 +296,13 @@ class FedpktConfig(_Section):
             raise ValueError(
                 f"dp.client_dp='{self.dp.client_dp}' clips each client update on the server, "
                 "which privacy.secagg=true hides; use one of the two"
+            )
+        gpus, device = self.simulation.gpus_per_client, self.backbone.device.strip().lower()
+        if gpus > 0 and device not in ("auto", "cuda", "cuda:0"):
+            raise ValueError(
+                f"simulation.gpus_per_client={gpus:g} runs each client's backbone on the GPU Ray "
+                f"gives it (its cuda:0); backbone.device='{self.backbone.device}' must be auto or "
+                "cuda"
             )
         if self.eval.c_backend == "model" and not self.eval.nli_model:
             raise ValueError("eval.nli_model must name an NLI model when eval.c_backend='model'")

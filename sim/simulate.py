@@ -30,6 +30,7 @@ from fedpkt.privacy.exposure import client_canaries, exposure_markdown, exposure
 from fedpkt.report import append_section
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from server.app import ServerSettings, make_server_app
+from sim.ray_cluster import check_resources, ray_session
 
 
 class _DropDeprecationNotice(logging.Filter):
@@ -86,8 +87,11 @@ def simulate(
     """Run phase 1 and/or phase 2 in Flower's Simulation Engine; returns the run directory."""
     if phases not in ("all", "source", "personalize"):
         raise FedpktError(f"phases='{phases}' is not one of all, source, personalize")
-    run = create_run_dir(cfg, run_dir)
-    data_root = ensure_partitions(cfg, run)
+    quiet_runtime()
+    check_resources(cfg.simulation)  # a GPU nothing can serve is refused before any write
+    # Absolute paths: workers (on other machines, with --ray-address) get them as they are.
+    run = RunDir(create_run_dir(cfg, run_dir).root.absolute())
+    data_root = ensure_partitions(cfg, run).absolute()
     num_clients = len(load_manifest(data_root)["clients"])
     # Build/resolve the backbone here, once, so that simulation workers only load it.
     load_backbone(
@@ -106,16 +110,13 @@ def simulate(
         on_event=on_event,
         min_nodes=num_nodes,
     )
-    quiet_runtime()
-    run_simulation(
-        server_app=make_server_app(settings),
-        client_app=make_client_app(client_defaults(cfg, run, data_root), client_mods),
-        num_supernodes=num_nodes,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": workers, "include_dashboard": False},
-        },
-    )
+    with ray_session(cfg.simulation, run.root, data_root, workers) as backend_config:
+        run_simulation(
+            server_app=make_server_app(settings),
+            client_app=make_client_app(client_defaults(cfg, run, data_root), client_mods),
+            num_supernodes=num_nodes,
+            backend_config=backend_config,
+        )
     done = run.events("done")
     if not done:
         raise FedpktError(f"simulation ended without finishing; see the log and '{run.root}'")

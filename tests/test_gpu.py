@@ -1,4 +1,5 @@
-"""The GPU path: CUDA placement, a bf16 backbone, and `fedpkt launch --gpus` on real processes.
+"""The GPU path: CUDA placement, a bf16 backbone, `fedpkt launch --gpus` on real processes, and
+`fedpkt simulate --gpus-per-client` (Ray GPU shares).
 
 Skipped where torch sees no CUDA device (CI has none). They were run on a lent GPU machine;
 bench/RESULTS.md ("GPU") records what they printed there.
@@ -7,7 +8,10 @@ bench/RESULTS.md ("GPU") records what they printed there.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from fedpkt.eval.consistency import OracleScorer
 from fedpkt.local import LocalClient, new_prefix
 from fedpkt.model.backbone import Backbone, load_backbone
 from fedpkt.train.loop import evaluate_loss
+from tests.conftest import TINY, cli_sets
 from tests.test_launch import launch_processes
 from tests.test_launch_e2e import ROOT, _command, _processes
 
@@ -107,3 +112,28 @@ def test_launch_pins_each_supernode_to_its_gpu(tmp_path: Path) -> None:
         for proc in left:
             proc.kill()
         assert left == []
+
+
+@pytest.mark.e2e
+def test_simulate_gpu_share_puts_two_workers_on_one_gpu(tmp_path: Path) -> None:
+    """`fedpkt simulate --gpus-per-client 0.5` with one GPU visible: Ray fits min(8 CPUs / 1,
+    1 GPU / 0.5) = 2 ClientApp workers, both on GPU 0, and every client's backbone is on cuda
+    (the run log's per-client lines say so, from two worker processes)."""
+    run_dir = tmp_path / "run"
+    sets = cli_sets({**TINY, "phase1.rounds": 1, "phase2.max_clients": 2})
+    cmd = [sys.executable, "-m", "cli.main", "simulate", "--gpus-per-client", "0.5"]
+    cmd += ["--run-dir", str(run_dir), *sets]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["rows"]
+    log = (run_dir / "logs" / "simulate.log").read_text(errors="replace")
+    assert "1 GPU); each client worker gets 1 CPU and 0.5 GPU: 2 worker(s)" in log, log[:2000]
+    placed = [line for line in log.splitlines() if "backbone on" in line]
+    print(f"{len(placed)} client loads, e.g. {placed[:1]}")
+    assert placed
+    assert all("backbone on cuda" in line and "CUDA_VISIBLE_DEVICES='0'" in line for line in placed)
+    workers = {re.search(r" pid (\d+): ", line).group(1) for line in placed}
+    assert len(workers) == 2, workers
