@@ -106,6 +106,7 @@ def ray_session(
                     num_cpus=workers,
                     include_dashboard=False,
                     logging_level=logging.WARNING,
+                    log_to_driver=False,  # worker logs go to the run log, not the console
                     runtime_env=runtime_env,
                 )
                 _check_capacity(sim)
@@ -138,7 +139,12 @@ def _joined(address: str, runtime_env: dict[str, Any], keep: bool = False) -> It
     try:
         with warnings.catch_warnings():  # Ray's tip on RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray\.")
-            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+            ray.init(
+                address=address,
+                logging_level=logging.WARNING,
+                log_to_driver=False,  # worker logs go to the run log, not the console
+                runtime_env=runtime_env,
+            )
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FedpktError(
