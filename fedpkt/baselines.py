@@ -34,7 +34,7 @@ from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.eval.scoring import score_responses
 from fedpkt.local import LocalClient
 from fedpkt.model.backbone import Backbone
-from fedpkt.model.generate import generate_replies
+from fedpkt.model.generate import generate_with
 from fedpkt.source import ClientUpdate, SourceTrainer, client_seed
 from fedpkt.train.finetune import finetune, trainable_copy
 from fedpkt.train.inner_loop import sgd_inner_steps_model
@@ -202,17 +202,8 @@ def evaluate_model(
     prompts = [
         context_prompt(ex.history, context, tokenizer, cfg.data.max_length) for ex in examples
     ]
-    gen = cfg.generation
-    generated = generate_replies(
-        model,
-        tokenizer,
-        None,
-        prompts,
-        num_beams=gen.num_beams,
-        max_new_tokens=gen.max_new_tokens,
-        length_penalty=gen.length_penalty,
-        no_repeat_ngram_size=gen.no_repeat_ngram_size,
-        max_length=cfg.data.max_length,
+    generated = generate_with(
+        model, tokenizer, None, prompts, cfg.generation, max_length=cfg.data.max_length
     )
     references = [ex.response.text for ex in examples]
     scores = score_responses(generated, references, client.data.persona, scorer)

@@ -23,7 +23,7 @@ from fedpkt.data.schema import ClientData, Example, Split
 from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.model.backbone import Backbone
-from fedpkt.model.generate import generate_replies
+from fedpkt.model.generate import generate_with
 from fedpkt.model.prefix import PersonaPrefix, load_prefix_arrays, prefix_arrays, prefix_shape_for
 from fedpkt.personalize import PersonaFailure, PersonalizeResult, PersonaTask, personalize_cohort
 from fedpkt.train.dp import dp_inner_steps
@@ -164,15 +164,12 @@ class LocalClient:
         if not examples:
             return []
         prompts = [render_history(ex.history) for ex in examples]
-        return generate_replies(
+        return generate_with(
             self.backbone.model,
             self.backbone.tokenizer,
             folded,
             prompts,
-            num_beams=generation.num_beams,
-            max_new_tokens=generation.max_new_tokens,
-            length_penalty=generation.length_penalty,
-            no_repeat_ngram_size=generation.no_repeat_ngram_size,
+            generation,
             max_length=self.cfg.data.max_length,
         )
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+from fedpkt.config import GenerationConfig
 from fedpkt.data.encoding import render_history
 from fedpkt.data.schema import Utterance
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone, load_backbone_from_config
 from fedpkt.model.export import export_peft_adapter
-from fedpkt.model.generate import generate_replies
+from fedpkt.model.generate import generate_with
 from fedpkt.model.prefix import PrefixShape, prefix_shape_for
 from fedpkt.privacy.vault import Vault
 from fedpkt.rundir import RunDir
@@ -72,9 +73,7 @@ class ChatSession:
     personal: PersonalPrefix
     history_turns: int
     max_length: int
-    num_beams: int = 5
-    max_new_tokens: int = 24
-    no_repeat_ngram_size: int = 3
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     history: list[Utterance] = field(default_factory=list)
 
     def reply(self, text: str) -> str:
@@ -82,14 +81,12 @@ class ChatSession:
         self.history.append(Utterance("partner", text.strip()))
         prompt = render_history(self.history[-self.history_turns :])
         backbone = self.personal.backbone
-        (answer,) = generate_replies(
+        (answer,) = generate_with(
             backbone.model,
             backbone.tokenizer,
             self.personal.folded,
             [prompt],
-            num_beams=self.num_beams,
-            max_new_tokens=self.max_new_tokens,
-            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            self.generation,
             max_length=self.max_length,
         )
         self.history.append(Utterance("persona", answer))
@@ -106,7 +103,5 @@ def chat_session(run_dir: str | Path, client_id: str) -> ChatSession:
         personal=open_personal_prefix(run_dir, client_id),
         history_turns=cfg.data.history_turns,
         max_length=cfg.data.max_length,
-        num_beams=cfg.generation.num_beams,
-        max_new_tokens=cfg.generation.max_new_tokens,
-        no_repeat_ngram_size=cfg.generation.no_repeat_ngram_size,
+        generation=cfg.generation,
     )

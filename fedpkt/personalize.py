@@ -20,8 +20,8 @@ clipping and accounting are per model); evaluation and generation are still batc
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +32,7 @@ from fedpkt.data.encoding import IGNORE_INDEX, EncodedExample, render_history
 from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.eval.scoring import score_responses
-from fedpkt.model.generate import generate_replies
+from fedpkt.model.generate import generate_with
 from fedpkt.model.prefix import PersonaPrefix
 from fedpkt.train.cohort import CohortJob, cohort_losses, default_cohort_size, train_cohort
 from fedpkt.train.dp import train_prefix_dp
@@ -107,7 +107,6 @@ def personalize_cohort(
     scorer: ConsistencyScorer,
     phase2: Phase2Config | None = None,
     generation: GenerationConfig | None = None,
-    on_trained: Callable[[str], None] | None = None,
 ) -> dict[str, Outcome]:
     """Train, evaluate and score every task's persona; returns client id -> outcome (in order).
 
@@ -149,47 +148,8 @@ def personalize_cohort(
         return dict(zip(ids, cohort_losses(model, items, pad_id=pad_id), strict=True))
 
     init_losses = test_losses()
-    trained: dict[str, TrainResult] = {}
-    epsilons: dict[str, float] = {}
-    if cfg.dp.enabled:  # opacus wraps one prefix at a time: per-example clipping per persona
-        for cid, task in live.items():
-            try:
-                private = train_prefix_dp(
-                    backbone,
-                    prefixes[cid],
-                    task.client.encoded["train"],
-                    task.client.encoded["valid"],
-                    cfg.dp,
-                    **_dp_schedule(phase2, task.seed),
-                )
-                trained[cid], epsilons[cid] = private.result, private.epsilon
-            except FedpktError as err:
-                outcomes[cid] = PersonaFailure(f"{cid}: {err}")
-            if on_trained is not None:
-                on_trained(cid)
-    else:
-        jobs = [
-            CohortJob(
-                cid,
-                prefixes[cid],
-                task.client.encoded["train"],
-                task.client.encoded.get("valid", []),
-                loop_settings(phase2, task.seed),
-            )
-            for cid, task in live.items()
-        ]
-
-        def done(cid: str, _: object) -> None:
-            if on_trained is not None:
-                on_trained(cid)
-
-        for cid, outcome in train_cohort(
-            model, jobs, cohort_size=cohort_size, pad_id=pad_id, on_done=done
-        ).items():
-            if outcome.result is None:
-                outcomes[cid] = PersonaFailure(outcome.error or f"{cid}: training failed")
-            else:
-                trained[cid] = outcome.result
+    trained, epsilons, failures = _train(model, live, prefixes, phase2, cohort_size, pad_id)
+    outcomes.update(failures)
     live = {cid: task for cid, task in live.items() if cid in trained}
     if live:
         final_losses = test_losses()
@@ -223,17 +183,55 @@ def personalize_cohort(
     return {task.client.client_id: outcomes[task.client.client_id] for task in tasks}
 
 
-def _dp_schedule(phase2: Phase2Config, seed: int) -> dict[str, float | int]:
-    settings = loop_settings(phase2, seed)
-    return {
-        "lr": settings.lr,
-        "batch_size": settings.batch_size,
-        "max_epochs": settings.max_epochs,
-        "patience": settings.patience,
-        "warmup_ratio": settings.warmup_ratio,
-        "weight_decay": settings.weight_decay,
-        "seed": settings.seed,
-    }
+def _train(
+    model: torch.nn.Module,
+    live: dict[str, PersonaTask],
+    prefixes: dict[str, PersonaPrefix],
+    phase2: Phase2Config,
+    cohort_size: int,
+    pad_id: int,
+) -> tuple[dict[str, TrainResult], dict[str, float], dict[str, PersonaFailure]]:
+    """Train every live persona's prefix in place: (results, ε under DP-SGD, failures)."""
+    trained: dict[str, TrainResult] = {}
+    epsilons: dict[str, float] = {}
+    failures: dict[str, PersonaFailure] = {}
+    if not live:
+        return trained, epsilons, failures
+    first = next(iter(live.values())).client
+    if first.cfg.dp.enabled:  # opacus wraps one prefix at a time: per-example clipping per model
+        for cid, task in live.items():
+            # DP-SGD clips per example; a global clip on top would change its sensitivity.
+            schedule = asdict(loop_settings(phase2, task.seed))
+            del schedule["max_grad_norm"]
+            try:
+                private = train_prefix_dp(
+                    first.backbone,
+                    prefixes[cid],
+                    task.client.encoded["train"],
+                    task.client.encoded["valid"],
+                    first.cfg.dp,
+                    **schedule,
+                )
+                trained[cid], epsilons[cid] = private.result, private.epsilon
+            except FedpktError as err:
+                failures[cid] = PersonaFailure(f"{cid}: {err}")
+        return trained, epsilons, failures
+    jobs = [
+        CohortJob(
+            cid,
+            prefixes[cid],
+            task.client.encoded["train"],
+            task.client.encoded.get("valid", []),
+            loop_settings(phase2, task.seed),
+        )
+        for cid, task in live.items()
+    ]
+    for cid, outcome in train_cohort(model, jobs, cohort_size=cohort_size, pad_id=pad_id).items():
+        if outcome.result is None:
+            failures[cid] = PersonaFailure(outcome.error or f"{cid}: training failed")
+        else:
+            trained[cid] = outcome.result
+    return trained, epsilons, failures
 
 
 def _generate(
@@ -251,15 +249,12 @@ def _generate(
             prompts.append(render_history(example.history))
     first = next(iter(live.values())).client
     states = torch.stack([folded[cid] for cid in owners]) if owners else None
-    texts = generate_replies(
+    texts = generate_with(
         first.backbone.model,
         first.backbone.tokenizer,
         states,
         prompts,
-        num_beams=generation.num_beams,
-        max_new_tokens=generation.max_new_tokens,
-        length_penalty=generation.length_penalty,
-        no_repeat_ngram_size=generation.no_repeat_ngram_size,
+        generation,
         max_length=first.cfg.data.max_length,
         batch_size=GENERATION_ROWS_PER_PERSONA * cohort_size,
     )

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig
 
+from fedpkt.config import GenerationConfig as GenerationSettings
 from fedpkt.data.encoding import encode_prompts, pad_token_id
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
@@ -185,3 +186,29 @@ def generate_replies(
     finally:
         model.train(was_training)
     return replies
+
+
+def generate_with(
+    backbone_or_model: Backbone | nn.Module,
+    tokenizer: Any,
+    states: Tensor | None,
+    prompts: Sequence[str],
+    generation: GenerationSettings,
+    *,
+    max_length: int,
+    batch_size: int = 16,
+) -> list[str]:
+    """``generate_replies`` with a run's ``[generation]`` section (``fedpkt.config``), so
+    that every caller (phase 2, baselines, ``fedpkt chat``) honours every decoding setting."""
+    return generate_replies(
+        backbone_or_model,
+        tokenizer,
+        states,
+        prompts,
+        num_beams=generation.num_beams,
+        max_new_tokens=generation.max_new_tokens,
+        length_penalty=generation.length_penalty,
+        no_repeat_ngram_size=generation.no_repeat_ngram_size,
+        max_length=max_length,
+        batch_size=batch_size,
+    )

@@ -239,7 +239,6 @@ def train_cohort(
     cohort_size: int,
     pad_id: int,
     optimizer_factory: OptimizerFactory = adamw,
-    on_done: Callable[[str, CohortOutcome], None] | None = None,
 ) -> dict[str, CohortOutcome]:
     """Train every job's prefix in place, ``cohort_size`` personas per backbone pass.
 
@@ -247,8 +246,8 @@ def train_cohort(
     Validation losses of every persona waiting for one are computed together
     (``cohort_losses``). A persona whose loss or validation loss is not finite fails alone:
     its outcome holds the one-line reason and its prefix is left as it was when it failed.
-    ``on_done(key, outcome)`` is called as each persona finishes. Returns key -> outcome, in
-    job order. Each prefix ends in eval mode, holding its best-validation state.
+    Returns key -> outcome, in job order. Each prefix ends in eval mode, holding its
+    best-validation state.
     """
     if cohort_size < 1:
         raise FedpktError(f"cohort_size is {cohort_size}; expected at least 1")
@@ -262,10 +261,7 @@ def train_cohort(
 
     def finish(job: CohortJob, result: TrainResult | None, error: str | None = None) -> None:
         job.prefix.eval()
-        outcome = CohortOutcome(None if error else result, error)
-        outcomes[job.key] = outcome
-        if on_done is not None:
-            on_done(job.key, outcome)
+        outcomes[job.key] = CohortOutcome(None if error else result, error)
 
     with eval_mode(model):
         while queue or active:
