@@ -10,13 +10,16 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from fedpkt.errors import FedpktError
+from fedpkt.model.adapter import load_adapter
 from fedpkt.model.export import export_peft_adapter
 from fedpkt.model.prefix import PersonaPrefix, forward_with_prefix, prefix_shape_for
 from tests.test_prefix import VOCAB, tiny_gpt2, tiny_llama
 
 torch.set_num_threads(1)
 
-# PEFT 0.21 still calls transformers 5 APIs that warn of their renaming (past_key_values -> cache).
+# PEFT 0.21's forward still passes the cache as `past_key_values`, which transformers 5.24 accepts
+# with a FutureWarning (renamed `cache`). Its generate needs fedpkt.model.adapter: see
+# test_adapter.py, where generation runs with warnings as errors.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
@@ -74,7 +77,8 @@ def test_peft_reproduces_forward_with_prefix_left_padded(build, tmp_path) -> Non
 
 
 def test_peft_greedy_generation_follows_our_prefix(tmp_path) -> None:
-    """PEFT's generate (greedy, 4 tokens) picks what argmax over forward_with_prefix picks."""
+    """An adapter loaded with ``load_adapter`` generates (greedy, 4 tokens) what argmax over
+    forward_with_prefix picks."""
     model = tiny_gpt2()
     folded, shape = folded_for(model)
     ids = torch.randint(0, VOCAB - 1, (1, 5), generator=torch.Generator().manual_seed(2))
@@ -82,7 +86,7 @@ def test_peft_greedy_generation_follows_our_prefix(tmp_path) -> None:
     for _ in range(4):
         logits = forward_with_prefix(model, expected, torch.ones_like(expected), folded[None])
         expected = torch.cat([expected, logits.logits[:, -1:].argmax(-1)], dim=1)
-    peft = PeftModel.from_pretrained(model, export_peft_adapter(folded, shape, "t", tmp_path))
+    peft = load_adapter(model, export_peft_adapter(folded, shape, "t", tmp_path))
     generated = peft.generate(
         input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False
     )

@@ -106,6 +106,31 @@ def _prompt_budget(model: nn.Module, max_length: int, m: int, max_new_tokens: in
     return budget
 
 
+def reply_generation_config(
+    tokenizer: Any,
+    *,
+    num_beams: int = 5,
+    max_new_tokens: int = 24,
+    length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 3,
+) -> GenerationConfig:
+    """The search fedpkt's replies use: deterministic beam search (greedy at ``num_beams=1``)
+    that stops at EOS or at any token containing a newline (``stop_token_ids``).
+
+    ``generate_replies`` runs with it; pass it to any HF ``generate`` (an exported adapter's
+    included, ``fedpkt.model.adapter``) to get the same replies.
+    """
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        length_penalty=length_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        eos_token_id=list(stop_token_ids(tokenizer)),
+        pad_token_id=pad_token_id(tokenizer),
+    )
+
+
 def first_line(text: str) -> str:
     """The reply proper: text up to its first newline, stripped."""
     return text.split("\n", 1)[0].strip()
@@ -147,14 +172,12 @@ def generate_replies(
     shape = None if row_states is None else prefix_shape_for(model.config, m)
     budget = _prompt_budget(model, max_length, m, max_new_tokens)
     device = next(model.parameters()).device
-    config = GenerationConfig(
-        do_sample=False,
+    config = reply_generation_config(
+        tokenizer,
         num_beams=num_beams,
         max_new_tokens=max_new_tokens,
         length_penalty=length_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size,
-        eos_token_id=list(stop_token_ids(tokenizer)),
-        pad_token_id=pad_token_id(tokenizer),
     )
     # Prompts of similar length share a call (less left padding); replies return in order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
