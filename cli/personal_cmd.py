@@ -47,3 +47,4 @@ def export_command(
 
     path = export_personal_prefix(run_dir, persona, out)
     console.print(f"PEFT adapter written to {path}")
+    console.print("generate with it through fedpkt.model.adapter.load_adapter (see README)")
