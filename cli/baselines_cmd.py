@@ -32,7 +32,10 @@ def baselines_command(
     """Run the paper's eight settings centrally (fine-tuning baselines and PersonaPKT)."""
     cfg = resolve_config(config, overrides)
     settings = select_settings(only)  # fail on a bad --only before loading anything
+    from fedpkt.model.positions import check_backbone_fits
     from sim.baselines import run_baselines  # heavy (torch, transformers): after validation
+
+    check_backbone_fits(cfg)  # lengths beyond the backbone's position table: before any output
 
     with task_progress() as progress:
         overall = progress.add_task("settings", total=len(settings), info="")

@@ -75,6 +75,9 @@ def launch_command(
         resume=resume,
     )
     validate_options(options)  # bad flags: one line, before any progress display or file
+    from fedpkt.model.positions import check_backbone_fits
+
+    check_backbone_fits(cfg)  # lengths beyond the backbone's position table: the same
     if options.join is not None:  # SuperNodes only: the progress shows on the SuperLink's side
         try:
             launch(cfg, options, run_dir, on_message=lambda text: console.print(text))

@@ -59,10 +59,12 @@ def simulate_command(
             "simulation.ray_address": ray_address,
         },
     )
+    from fedpkt.model.positions import check_backbone_fits
     from sim.ray_cluster import check_resources
     from sim.simulate import simulate  # heavy (Flower, Ray): imported once the config is valid
 
     check_resources(cfg.simulation)  # a GPU nothing serves: one line, before the progress bars
+    check_backbone_fits(cfg)  # lengths beyond the backbone's position table: the same
     with run_progress(cfg.phase1.rounds) as (_, on_event):
         run = simulate(cfg, run_dir, phases=phase, resume=resume, on_event=on_event)
     console.print(f"run directory: [bold]{run.root}[/]")

@@ -35,6 +35,7 @@ from fedpkt.eval.scoring import score_responses
 from fedpkt.local import LocalClient
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.generate import generate_with
+from fedpkt.model.positions import input_budget
 from fedpkt.source import ClientUpdate, SourceTrainer, client_seed
 from fedpkt.train.finetune import finetune, trainable_copy
 from fedpkt.train.inner_loop import sgd_inner_steps_model
@@ -169,8 +170,10 @@ def encode_split(client: LocalClient, split: Split, context: str) -> list[Encode
     """One client's split encoded with ``context`` (the client's own encoding when empty)."""
     if not context:
         return list(client.encoded.get(split, []))
+    # Full fine-tuning rows run without a prefix: the whole position table is theirs.
+    budget = input_budget(client.backbone.model.config, client.cfg.data.max_length, 0)
     return [
-        encode_with_context(ex, client.backbone.tokenizer, client.cfg.data.max_length, context)
+        encode_with_context(ex, client.backbone.tokenizer, budget, context)
         for ex in client.examples.get(split, [])
     ]
 

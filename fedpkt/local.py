@@ -24,6 +24,7 @@ from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.generate import generate_with
+from fedpkt.model.positions import input_budget
 from fedpkt.model.prefix import PersonaPrefix, load_prefix_arrays, prefix_arrays, prefix_shape_for
 from fedpkt.personalize import PersonaFailure, PersonalizeResult, PersonaTask, personalize_cohort
 from fedpkt.train.dp import dp_inner_steps
@@ -68,8 +69,12 @@ class LocalClient:
             split: examples_from_dialogues(dialogues, cfg.data.history_turns)
             for split, dialogues in data.splits.items()
         }
+        # data.max_length, or fewer where prefix + example would overrun the position table
+        self.max_tokens = input_budget(
+            backbone.model.config, cfg.data.max_length, cfg.prefix.num_virtual_tokens
+        )
         self.encoded: dict[Split, list[EncodedExample]] = {
-            split: encode_examples(examples, backbone.tokenizer, cfg.data.max_length)
+            split: encode_examples(examples, backbone.tokenizer, self.max_tokens)
             for split, examples in self.examples.items()
         }
 

@@ -119,8 +119,12 @@ def create_run_dir(
     """Make (or reuse, for resume) a run directory and write the resolved config into it.
 
     A reused directory must hold the same resolved config: resuming under different settings
-    would silently mix two experiments.
+    would silently mix two experiments. Settings the backbone cannot take (lengths beyond its
+    position table: ``check_backbone_fits``) are refused first, before anything is written.
     """
+    from fedpkt.model.positions import check_backbone_fits  # torch/transformers: only here
+
+    check_backbone_fits(cfg)
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(cfg.run_root) / f"{prefix}-{stamp}-s{cfg.seed}"

@@ -35,6 +35,7 @@ from fedpkt.config import GenerationConfig as GenerationSettings
 from fedpkt.data.encoding import encode_prompts, pad_token_id
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
+from fedpkt.model.positions import input_budget
 from fedpkt.model.prefix import (
     prefix_attention_mask,
     prefix_cache,
@@ -89,21 +90,6 @@ def _row_states(states: Tensor | None, rows: int) -> Tensor | None:
             "row per prompt, or (m, width)"
         )
     return states
-
-
-def _prompt_budget(model: nn.Module, max_length: int, m: int, max_new_tokens: int) -> int:
-    """Prompt tokens kept: ``max_length``, less if prefix + prompt + reply would exceed the
-    model's position table (the oldest history is what gets cut)."""
-    positions = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
-    budget = max_length if positions is None else min(max_length, positions - m - max_new_tokens)
-    if budget < 1:
-        raise FedpktError(
-            f"model has {positions} positions; expected more than prefix ({m}) + max_new_tokens "
-            f"({max_new_tokens})"
-        )
-    return budget
 
 
 def reply_generation_config(
@@ -170,7 +156,7 @@ def generate_replies(
     row_states = _row_states(states, len(prompts))
     m = 0 if row_states is None else row_states.shape[1]
     shape = None if row_states is None else prefix_shape_for(model.config, m)
-    budget = _prompt_budget(model, max_length, m, max_new_tokens)
+    budget = input_budget(model.config, max_length, m, max_new_tokens)
     device = next(model.parameters()).device
     config = reply_generation_config(
         tokenizer,

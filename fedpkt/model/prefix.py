@@ -48,6 +48,7 @@ from transformers import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from fedpkt.errors import FedpktError
+from fedpkt.model.positions import position_limit
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,16 @@ def prefix_position_ids(attention_mask: Tensor, num_virtual_tokens: int) -> Tens
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + num_virtual_tokens
 
 
+def _check_fits(model: nn.Module, length: int, m: int) -> None:
+    """One line instead of an IndexError deep in the model when prefix + input overrun it."""
+    limit = position_limit(model.config)
+    if limit is not None and m + length > limit:
+        raise FedpktError(
+            f"input of {length} tokens behind a prefix of {m} needs {m + length} positions; the "
+            f"backbone has {limit} (encode with max_length <= {limit - m}: input_budget)"
+        )
+
+
 def forward_with_prefix(
     model: nn.Module,
     input_ids: Tensor,
@@ -278,6 +289,7 @@ def forward_with_prefix(
             f"attention_mask has shape {tuple(attention_mask.shape)}; "
             f"expected input_ids' shape {tuple(input_ids.shape)}"
         )
+    _check_fits(model, input_ids.shape[1], 0 if states is None else states.shape[-2])
     if states is None:
         return model(
             input_ids=input_ids,
