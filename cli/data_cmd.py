@@ -10,6 +10,7 @@ from rich.table import Table
 from cli.common import console, exits_cleanly
 from fedpkt.config import DataConfig
 from fedpkt.data.partition import default_part_b, load_corpus, prepare_partitions
+from fedpkt.data.personachat import check_variant
 from fedpkt.data.split import CorpusSplit, split_corpus
 from fedpkt.data.stats import part_table
 from fedpkt.data.synthetic import SCALES, get_scale
@@ -32,8 +33,14 @@ ScaleOption = typer.Option(
 PathOption = typer.Option(
     "",
     "--path",
-    help="PERSONA-CHAT: a ParlAI .txt file or directory (*self_original*.txt), a local "
+    help="PERSONA-CHAT: a ParlAI .txt file or directory (see --variant), a local "
     ".json/.jsonl/.parquet file or dataset directory, or a Hugging Face dataset id.",
+)
+VariantOption = typer.Option(
+    _DEFAULTS.personachat_variant,
+    "--variant",
+    help="PERSONA-CHAT ParlAI folder: the files <split>_<variant>.txt to read (self_original, "
+    "self_revised, both_original, both_revised); one of each *_no_cands.txt twin pair.",
 )
 SeedOption = typer.Option(0, "--seed", help="Seeds generation, the Part B choice and the cuts.")
 FewShotOption = typer.Option(
@@ -49,10 +56,11 @@ PartBOption = typer.Option(
 )
 
 
-def _check_source(source: str, scale: str, path: str) -> None:
+def _check_source(source: str, scale: str, path: str, variant: str) -> None:
     if source not in SOURCES:
         raise FedpktError(f"unknown --source '{source}' (expected one of: {', '.join(SOURCES)})")
     get_scale(scale)
+    check_variant(variant)
     if source == "personachat" and not path:
         raise FedpktError("--source personachat needs --path (a file, directory or dataset id)")
 
@@ -79,8 +87,8 @@ def _print_table(split: CorpusSplit, title: str) -> None:
         )
 
 
-def _title(source: str, scale: str, path: str, seed: int) -> str:
-    what = f"synthetic {scale}" if source == "synthetic" else f"personachat {path}"
+def _title(source: str, scale: str, path: str, seed: int, variant: str) -> str:
+    what = f"synthetic {scale}" if source == "synthetic" else f"personachat {path} ({variant})"
     return f"{what}, seed {seed}"
 
 
@@ -91,6 +99,7 @@ def prepare(
     source: str = SourceOption,
     scale: str = ScaleOption,
     path: str = PathOption,
+    variant: str = VariantOption,
     seed: int = SeedOption,
     canaries: int = typer.Option(
         _DEFAULTS.canaries, "--canaries", help="Canary sentences planted per Part A client."
@@ -100,7 +109,7 @@ def prepare(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
 ) -> None:
     """Split the data and write one folder per client plus manifest.json under --out."""
-    _check_source(source, scale, path)
+    _check_source(source, scale, path, variant)
     split = prepare_partitions(
         out,
         source=source,
@@ -111,8 +120,9 @@ def prepare(
         few_shot_threshold=few_shot_threshold,
         part_b=_part_b(source, scale, part_b),
         overwrite=overwrite,
+        variant=variant,
     )
-    _print_table(split, _title(source, scale, path, seed))
+    _print_table(split, _title(source, scale, path, seed, variant))
     console.print(f"wrote {len(split.clients)} client folders and manifest.json to {out}")
 
 
@@ -122,12 +132,13 @@ def stats(
     source: str = SourceOption,
     scale: str = ScaleOption,
     path: str = PathOption,
+    variant: str = VariantOption,
     seed: int = SeedOption,
     few_shot_threshold: int = FewShotOption,
     part_b: float | None = PartBOption,
 ) -> None:
     """Print the paper's Table 1 layout (personas and train/valid/test dialogues per part)."""
-    _check_source(source, scale, path)
-    corpus = load_corpus(source, scale, path, seed)
+    _check_source(source, scale, path, variant)
+    corpus = load_corpus(source, scale, path, seed, variant)
     split = split_corpus(corpus, seed, few_shot_threshold, _part_b(source, scale, part_b))
-    _print_table(split, _title(source, scale, path, seed))
+    _print_table(split, _title(source, scale, path, seed, variant))

@@ -53,6 +53,9 @@ class BackboneConfig(_Section):
     )
 
 
+PersonachatVariant = Literal["self_original", "self_revised", "both_original", "both_revised"]
+
+
 class DataConfig(_Section):
     source: Literal["synthetic", "personachat"] = Field(
         "synthetic", description="The embedded synthetic persona corpus, or real PERSONA-CHAT."
@@ -64,6 +67,11 @@ class DataConfig(_Section):
         "",
         description="PERSONA-CHAT: a local ParlAI-format file/directory or a Hugging Face "
         "dataset id (used through datasets.load_dataset).",
+    )
+    personachat_variant: PersonachatVariant = Field(
+        "self_original",
+        description="PERSONA-CHAT ParlAI folder: which files to read, <split>_<variant>.txt "
+        "(original or revised personas; both_*: the partner's persona lines are skipped).",
     )
     prepared_dir: str = Field(
         "", description="Prepared client partitions; empty: prepared inside the run directory."

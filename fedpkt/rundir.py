@@ -108,6 +108,7 @@ def ensure_partitions(cfg: FedpktConfig, run: RunDir) -> Path:
         few_shot_threshold=cfg.data.few_shot_threshold,
         # Synthetic scales fix their Part B size; real PERSONA-CHAT uses the configured share.
         part_b=cfg.data.part_b_fraction if cfg.data.source == "personachat" else None,
+        variant=cfg.data.personachat_variant,
         out=root,
     )
     return root

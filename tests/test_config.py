@@ -100,3 +100,11 @@ def test_config_show_prints_resolved_toml() -> None:
     result = runner.invoke(app, ["config", "show", "--set", "phase1.rounds=3"])
     assert result.exit_code == 0
     assert load_config_text(result.output).phase1.rounds == 3
+
+
+def test_personachat_variant_is_a_data_setting():
+    cfg = load_config("embedded", ["data.personachat_variant='both_revised'"])
+    assert cfg.data.personachat_variant == "both_revised"
+    assert load_config("embedded").data.personachat_variant == "self_original"
+    with pytest.raises(FedpktError, match="personachat_variant"):
+        load_config("embedded", ["data.personachat_variant='other_original'"])

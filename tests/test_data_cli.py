@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from typer.testing import CliRunner
@@ -109,3 +110,49 @@ def test_data_group_is_registered_in_the_fedpkt_cli():
 
     result = runner.invoke(main_app, ["data", "--help"])
     assert result.exit_code == 0 and "prepare" in result.output and "stats" in result.output
+
+
+def _variant_folder(root):
+    """One folder, two variants: self_original has 'ski' 6 + 'chef' 3 dialogues, self_revised
+    only 'pilot' 3; every file with its *_no_cands twin (which must not be read again)."""
+    variants = {"self_original": (("i like to ski.", 6), ("i am a chef.", 3))}
+    variants["self_revised"] = (("i fly planes.", 3),)
+    for variant, personas in variants.items():
+        lines = []
+        for persona, n in personas:
+            for k in range(n):
+                lines += [f"1 your persona: {persona}", f"2 hi {k}\thello {k}\t\tx|hello {k}"]
+        text = "\n".join(lines) + "\n"
+        (root / f"train_{variant}.txt").write_text(text)
+        no_cands = "".join("\t".join(line.split("\t")[:2]) + "\n" for line in text.splitlines())
+        (root / f"train_{variant}_no_cands.txt").write_text(no_cands)
+    return root
+
+
+def test_stats_reads_the_chosen_variant_of_a_folder_once(tmp_path):
+    folder = _variant_folder(tmp_path)
+    args = ["stats", "--source", "personachat", "--path", str(folder), "--part-b", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert _rows(result.output) == {"A": [1, 4, 1, 1], "B": [0, 0, 0, 0], "C": [1, 1, 1, 1]}
+    result = runner.invoke(app, [*args, "--variant", "self_revised"])
+    assert result.exit_code == 0, result.output
+    assert _rows(result.output)["C"] == [1, 1, 1, 1]
+    assert "(self_revised)" in result.output
+
+
+def test_prepare_records_the_variant_in_the_manifest(tmp_path):
+    (tmp_path / "pc").mkdir()
+    folder = _variant_folder(tmp_path / "pc")
+    out = tmp_path / "data"
+    args = ["prepare", "--source", "personachat", "--path", str(folder), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--variant", "self_revised"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["variant"], len(manifest["clients"])) == ("self_revised", 1)
+
+
+def test_unknown_variant_is_one_line_exit_2(tmp_path):
+    folder = _variant_folder(tmp_path)
+    args = ["stats", "--source", "personachat", "--path", str(folder), "--variant", "other"]
+    assert "variant 'other' is unknown" in _one_error_line(runner.invoke(app, args))

@@ -181,3 +181,103 @@ def test_unreachable_hub_id_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(FedpktError, match="cannot load Hugging Face dataset 'nobody/none'") as err:
         load_personachat("nobody/none", cache_dir=str(tmp_path / "c"))
     assert "\n" not in str(err.value)
+
+
+# --- PERSONA-CHAT / ConvAI2 folders as distributed ------------------------------------------
+
+
+def _no_cands(text: str) -> str:
+    """The *_no_cands.txt twin of a ParlAI text: the same lines without reward and candidates."""
+    return "".join("\t".join(line.split("\t")[:2]) + "\n" for line in text.splitlines())
+
+
+def _convai2_folder(root):
+    """train/valid of self_original and self_revised, each with its *_no_cands twin."""
+    valid = "1 your persona: i am a pilot.\n2 hi\thello\t\ta|hello\n3 fly?\tdaily.\n"
+    for split, text in (("train", SELF_ORIGINAL), ("valid", valid)):
+        _write(root, f"{split}_self_original.txt", text)
+        _write(root, f"{split}_self_original_no_cands.txt", _no_cands(text))
+        _write(root, f"{split}_self_revised.txt", SELF_REVISED)
+        _write(root, f"{split}_self_revised_no_cands.txt", _no_cands(SELF_REVISED))
+    return root
+
+
+def test_a_convai2_folder_reads_one_file_of_each_twin_pair(tmp_path):
+    """3 train + 1 valid episodes, each once: ``*_no_cands.txt`` twins are not read again (they
+    would count every dialogue twice and put copies of training dialogues in valid/test)."""
+    corpus = load_parlai(_convai2_folder(tmp_path))
+    assert [d.dialogue_id for d in corpus.dialogues] == [
+        "train_self_original-00000",
+        "train_self_original-00001",
+        "train_self_original-00002",
+        "valid_self_original-00000",
+    ]
+
+
+def test_a_folder_of_no_cands_files_only_is_read(tmp_path):
+    _write(tmp_path, "train_self_original_no_cands.txt", _no_cands(SELF_ORIGINAL))
+    corpus = load_parlai(tmp_path)
+    assert len(corpus.dialogues) == 3
+    assert corpus.dialogues[0].dialogue_id == "train_self_original_no_cands-00000"
+
+
+def test_the_same_conversation_seen_by_each_speaker_is_two_episodes(tmp_path):
+    """ParlAI self_* files hold every conversation once per speaker, each with its own persona:
+    not duplicates, so both are kept."""
+    text = (
+        "1 your persona: i like to ski.\n2 hi\thello\n3 ski?\tyes.\n"
+        "1 your persona: i am a chef.\n2 __SILENCE__\thi\n3 hello\tski?\n"
+    )
+    corpus = load_parlai(_write(tmp_path, "train_self_original.txt", text))
+    assert len(corpus.dialogues) == 2 and len(corpus.personas) == 2
+
+
+def test_variants_are_selected_for_a_folder(tmp_path):
+    _convai2_folder(tmp_path)
+    _write(tmp_path, "train_both_original.txt", BOTH_ORIGINAL)
+    revised = load_parlai(tmp_path, variant="self_revised")
+    assert [d.dialogue_id for d in revised.dialogues] == [
+        "train_self_revised-00000",
+        "valid_self_revised-00000",
+    ]
+    both = load_parlai(tmp_path, variant="both_original")
+    assert [p.sentences for p in both.personas.values()] == [["i like to ski."]]
+
+
+def test_an_unknown_variant_or_a_folder_without_it_is_one_line(tmp_path):
+    _convai2_folder(tmp_path)
+    with pytest.raises(FedpktError, match="variant 'other_original' is unknown"):
+        load_parlai(tmp_path, variant="other_original")
+    with pytest.raises(FedpktError, match="no ParlAI files of variant 'both_revised'"):
+        load_parlai(tmp_path, variant="both_revised")
+
+
+UNICODE_BREAKS = ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+
+
+@pytest.mark.parametrize("char", UNICODE_BREAKS, ids=[f"U+{ord(c):04X}" for c in UNICODE_BREAKS])
+def test_only_newline_and_carriage_return_end_a_line(char, tmp_path):
+    """A character str.splitlines() also breaks at stays inside its utterance."""
+    text = f"1 your persona: i ski.\n2 hi{char}there\thello{char}you\n3 ok\tfine\n"
+    corpus = load_parlai(_write(tmp_path, "train_self_original.txt", text))
+    assert [u.text for u in corpus.dialogues[0].turns] == [
+        f"hi{char}there",
+        f"hello{char}you",
+        "ok",
+        "fine",
+    ]
+
+
+def test_a_malformed_line_after_such_a_character_is_reported_at_its_own_number(tmp_path):
+    text = "1 your persona: i ski.\n2 hi\u2028there\thello\n3 no tab here\n"
+    with pytest.raises(FedpktError, match=r"line 3: expected 'partner text<TAB>persona reply'"):
+        load_parlai(_write(tmp_path, "train_self_original.txt", text))
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_lf_crlf_and_cr_files_read_alike(newline, tmp_path):
+    path = tmp_path / "train_self_original.txt"
+    path.write_bytes(("\ufeff" + SELF_ORIGINAL.replace("\n", newline)).encode("utf-8"))
+    corpus = load_parlai(path)
+    assert len(corpus.dialogues) == 3
+    assert corpus.dialogues[2].turns[-1].text == "it is !"

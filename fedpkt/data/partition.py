@@ -84,9 +84,14 @@ def sha256_file(path: Path) -> str:
 
 
 def load_corpus(
-    source: str, scale: str = "default", path: str | None = "", seed: int = 0
+    source: str,
+    scale: str = "default",
+    path: str | None = "",
+    seed: int = 0,
+    variant: str = "self_original",
 ) -> Corpus:
-    """The synthetic corpus of ``scale``, or PERSONA-CHAT from ``path`` (file, dir, dataset id)."""
+    """The synthetic corpus of ``scale``, or PERSONA-CHAT from ``path`` (file, dir, dataset id;
+    ``variant`` picks the files of a ParlAI folder)."""
     if source == "synthetic":
         from fedpkt.data.synthetic import generate_corpus
 
@@ -94,7 +99,7 @@ def load_corpus(
     if source == "personachat":
         from fedpkt.data.personachat import load_personachat
 
-        return load_personachat(path or "")
+        return load_personachat(path or "", variant)
     raise FedpktError(f"unknown data source '{source}' (expected synthetic or personachat)")
 
 
@@ -209,17 +214,20 @@ def prepare_partitions(
     few_shot_threshold: int = 6,
     part_b: float | None = None,
     overwrite: bool = False,
+    variant: str = "self_original",
 ) -> CorpusSplit:
     """Load the source, split it, write ``OUT/clients/*`` and ``OUT/manifest.json``.
 
     ``part_b`` None means the preset's count (synthetic) or 0.2846 of the regular personas
-    (PERSONA-CHAT). Returns the split (with canaries planted) for callers that go on in-process.
+    (PERSONA-CHAT). ``variant``: the files of a PERSONA-CHAT ParlAI folder (``self_original``,
+    ``self_revised``, ``both_original``, ``both_revised``). Returns the split (with canaries
+    planted) for callers that go on in-process.
     """
     target = Path(out)
     _check_out(target, overwrite)
     if canaries < 0:
         raise FedpktError(f"canaries={canaries} is invalid (expected >= 0)")
-    corpus = load_corpus(source, scale, path, seed)
+    corpus = load_corpus(source, scale, path, seed, variant)
     b = default_part_b(source, scale) if part_b is None else part_b
     split = split_corpus(corpus, seed, few_shot_threshold, b)
     planted = plant_canaries(split, canaries, seed) if canaries else {}
@@ -237,6 +245,7 @@ def prepare_partitions(
             "source": source,
             "scale": scale if source == "synthetic" else "",
             "path": (path or "") if source == "personachat" else "",
+            "variant": variant if source == "personachat" else "",
             "seed": seed,
             "few_shot_threshold": few_shot_threshold,
             "part_b": b,
@@ -279,7 +288,8 @@ def _read_json(file: Path, what: str) -> Any:
 def load_manifest(root: str | Path) -> dict[str, Any]:
     """Read and check ``root/manifest.json``; returns it as written.
 
-    Keys: version, source, scale, path, seed, few_shot_threshold, part_b, canaries,
+    Keys: version, source, scale, path, variant (PERSONA-CHAT; may be absent in older
+    manifests), seed, few_shot_threshold, part_b, canaries,
     dropped_personas, dropped_dialogues, and ``clients``: a list of
     ``{client_id, part, counts: {train, valid, test}, num_train_examples, files: {name: sha256}}``
     in client-id order (A, then B, then C).

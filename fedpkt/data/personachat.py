@@ -5,9 +5,17 @@ ParlAI format (``train_self_original.txt``, ``valid_self_revised.txt``, ...): ev
 persona (the speaker whose replies are the targets), ``partner's persona: ...`` (in the
 ``both_*`` files) are skipped, and the other lines are ``partner text<TAB>persona reply``
 optionally followed by ``<TAB>reward<TAB>cand1|cand2|...`` (candidates are ignored). A partner
-text of ``__SILENCE__`` means the persona spoke first. A directory is read as every file whose
-name contains ``variant`` (default ``self_original``): train, valid and test together, because
-the paper re-splits the whole corpus by persona.
+text of ``__SILENCE__`` means the persona spoke first. Lines end at ``\n``, ``\r\n`` or ``\r``
+only, as when ParlAI iterates over the file: U+2028, U+0085, form feeds and the like inside an
+utterance are text, not line breaks.
+
+A directory is read as the files of one ``variant`` (``VARIANTS``; default ``self_original``):
+``<split>_<variant>.txt`` for train, valid and test together, because the paper re-splits the
+whole corpus by persona. PERSONA-CHAT and ConvAI2 folders hold each file twice, with and
+without candidates (``train_self_original.txt``, ``train_self_original_no_cands.txt``): the
+same dialogues, so one of each twin pair is read, the one with candidates when both exist (as
+ParlAI's teachers do by default). The same conversation still appears once per speaker, with
+that speaker's persona: those are different episodes and are all kept.
 
 Hugging Face schema (that of ``bavard/personachat_truecased``): one row per persona reply, with
 ``personality`` (list of description sentences), ``history`` (the earlier utterances,
@@ -24,13 +32,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from fedpkt.config import PersonachatVariant
 from fedpkt.data.schema import Dialogue, Persona, Speaker, Utterance
 from fedpkt.data.split import Corpus, PersonaKey, persona_key
 from fedpkt.errors import FedpktError
 
 SILENCE = {"__silence__", "__ silence __"}
+# The ParlAI files whose episodes give the speaker's own persona ("your persona:" lines).
+VARIANTS: tuple[str, ...] = get_args(PersonachatVariant)
+NO_CANDS = "_no_cands"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 HF_FIELDS = ("personality", "history", "candidates", "conv_id", "utterance_idx")
 _LINE = re.compile(r"^(\d+) (.*)$")
 
@@ -91,8 +104,7 @@ def _parse_parlai_lines(lines: Iterable[str], name: str, builder: _CorpusBuilder
             builder.add(f"{stem}-{episode:05d}", persona, _turns(texts))
             episode += 1
 
-    for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip("\n").rstrip("\r")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         match = _LINE.match(line)
@@ -127,19 +139,43 @@ def _parse_parlai_lines(lines: Iterable[str], name: str, builder: _CorpusBuilder
     flush()
 
 
+def parlai_lines(text: str) -> list[str]:
+    """The lines of a ParlAI file: breaks at ``\n``, ``\r\n`` and ``\r`` only (not at the other
+    breaks ``str.splitlines`` knows, which are ordinary characters inside an utterance)."""
+    return _LINE_BREAK.split(text)
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise FedpktError(
+            f"PERSONA-CHAT variant '{variant}' is unknown (expected one of {', '.join(VARIANTS)})"
+        )
+    return variant
+
+
 def parlai_files(path: str | Path, variant: str = "self_original") -> list[Path]:
-    """The ParlAI files a path names: the file itself, or ``*{variant}*.txt`` in a directory."""
+    """The ParlAI files a path names: the file itself, or in a directory the ``variant`` files
+    (``<split>_<variant>.txt``), one of each with/without-candidates twin pair."""
+    check_variant(variant)
     root = Path(path)
     if root.is_file():
         return [root]
-    if root.is_dir():
-        files = sorted(root.glob(f"*{variant}*.txt"))
-        if not files:
-            raise FedpktError(
-                f"directory '{root}' holds no ParlAI files matching '*{variant}*.txt'"
-            )
-        return files
-    raise FedpktError(f"PERSONA-CHAT path '{root}' does not exist (expected a file or directory)")
+    if not root.is_dir():
+        raise FedpktError(
+            f"PERSONA-CHAT path '{root}' does not exist (expected a file or directory)"
+        )
+    twins: dict[str, list[Path]] = {}
+    for file in sorted(root.glob("*.txt")):
+        stem = file.stem.removesuffix(NO_CANDS)
+        if stem == variant or stem.endswith(f"_{variant}"):
+            twins.setdefault(stem, []).append(file)
+    if not twins:
+        raise FedpktError(
+            f"directory '{root}' holds no ParlAI files of variant '{variant}' (expected "
+            f"<split>_{variant}.txt or <split>_{variant}{NO_CANDS}.txt)"
+        )
+    # the twin with candidates when there are two (False sorts first)
+    return sorted(min(files, key=lambda f: f.stem.endswith(NO_CANDS)) for files in twins.values())
 
 
 def load_parlai(path: str | Path, variant: str = "self_original") -> Corpus:
@@ -147,10 +183,10 @@ def load_parlai(path: str | Path, variant: str = "self_original") -> Corpus:
     builder = _CorpusBuilder(str(path))
     for file in parlai_files(path, variant):
         try:
-            text = file.read_text(encoding="utf-8")
+            text = file.read_bytes().decode("utf-8-sig")  # no newline translation; BOM dropped
         except (OSError, UnicodeDecodeError) as err:
             raise FedpktError(f"ParlAI file '{file}' cannot be read as UTF-8 text: {err}") from None
-        _parse_parlai_lines(text.splitlines(), str(file), builder)
+        _parse_parlai_lines(parlai_lines(text), str(file), builder)
     return builder.build()
 
 

@@ -3,7 +3,9 @@
 Rules, in order (all deterministic from ``seed``, whatever the order of the input):
 
 1. Group dialogues by persona: the key is the normalised SET of description sentences
-   (lower case, punctuation and spacing ignored, order ignored), as Madotto et al. (2019) did.
+   (case, punctuation and spacing ignored, order ignored), as Madotto et al. (2019) did;
+   letters, marks, digits and emoji of every script count, after NFKC
+   (:func:`normalize_sentence`).
 2. A persona with fewer than ``MIN_DIALOGUES`` (3) dialogues is dropped: it cannot give a
    train, a valid and a test dialogue. The count of dropped personas/dialogues is reported.
 3. Part C = personas with fewer than ``few_shot_threshold`` (6) dialogues (few-shot).
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -64,9 +66,34 @@ class CorpusSplit:
         return [c for c in self.clients if c.part == part]
 
 
+_ASCII_KEPT = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _key_char(char: str) -> str:
+    """What one (normalised, case-folded) character contributes to a key: itself, a digit,
+    nothing (invisible formatting) or a separator (" ")."""
+    if char.isascii():  # as before Unicode was handled: a-z and 0-9 count, the rest separates
+        return char if char in _ASCII_KEPT else " "
+    category = unicodedata.category(char)
+    if category == "Cf" or "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef":
+        return ""  # zero-width joiners, soft hyphens, emoji variation selectors: no difference
+    if category == "Nd":
+        return str(unicodedata.decimal(char))  # a digit of any script is its value
+    if category[0] in "LMNS":
+        return char  # letters and marks of every script, other numbers, emoji and symbols
+    return " "  # punctuation, spaces and line breaks of every kind, controls
+
+
 def normalize_sentence(sentence: str) -> str:
-    """Lower case, letters/digits only, single spaces: "I like dogs ." -> "i like dogs"."""
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", sentence.lower()).split())
+    """A description sentence as it counts for grouping: NFKC, case-folded, letters, marks,
+    digits and symbols (emoji included) of every script kept, punctuation and spacing reduced to
+    single spaces. "I like dogs ." -> "i like dogs"; "Café" (NFC or NFD) -> "café".
+
+    On ASCII text this is exactly the original rule (lower case, [a-z0-9] runs joined by single
+    spaces), so the keys of ASCII personas, which seed Part B and client ids, never moved.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", sentence).casefold())
+    return " ".join("".join(map(_key_char, folded)).split())
 
 
 def persona_key(sentences: Iterable[str]) -> PersonaKey:
