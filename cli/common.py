@@ -59,22 +59,30 @@ def resolve_config(
 
 
 def results_table(run_dir: Path) -> Table:
-    """The run's results.json rows as a rich table (F1s x100, as in the paper)."""
-    from fedpkt.report import read_results
+    """The run's results.json rows as a rich table (F1s x100, as in the paper).
 
+    Fits 80 columns without cutting a method name: two-line headers keep the figures narrow,
+    and the method column wraps at spaces (never narrower than its longest word). C that was
+    not measured (``eval.c_backend = "none"``) shows "n/a".
+    """
+    from fedpkt.report import NOT_MEASURED, format_pct, read_results
+
+    rows = read_results(run_dir).rows
+    longest_word = max((len(w) for r in rows for w in r.method.split()), default=6)
     table = Table(title=f"results ({run_dir})")
-    for column in ("method", "part", "F1", "2-gram F1", "LCS F1", "C", "personas", "stored %"):
-        table.add_column(column)
-    for row in read_results(run_dir).rows:
+    table.add_column("method", min_width=min(longest_word, 24), overflow="fold")
+    for column in ("part", "F1", "2-gram\nF1", "LCS\nF1", "C", "per-\nsonas", "stored"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
         table.add_row(
             row.method,
             row.part,
             f"{100 * row.f1:.2f}",
             f"{100 * row.f1_2gram:.2f}",
             f"{100 * row.lcs_f1:.2f}",
-            f"{row.c_score:.3f}",
+            NOT_MEASURED if row.c_score is None else f"{row.c_score:.3f}",
             str(row.n_personas),
-            f"{row.stored_params_pct:.4f}",
+            format_pct(row.stored_params_pct),
         )
     return table
 

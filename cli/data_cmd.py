@@ -42,6 +42,18 @@ VariantOption = typer.Option(
     help="PERSONA-CHAT ParlAI folder: the files <split>_<variant>.txt to read (self_original, "
     "self_revised, both_original, both_revised); one of each *_no_cands.txt twin pair.",
 )
+RevisionOption = typer.Option(
+    _DEFAULTS.revision,
+    "--revision",
+    help="Hugging Face dataset id: the revision to read, e.g. refs/convert/parquet (the parquet "
+    "conversion of a dataset defined by a loading script, which datasets 4+ refuses).",
+)
+DataDirOption = typer.Option(
+    _DEFAULTS.data_dir,
+    "--data-dir",
+    help="Hugging Face dataset: the repository folder to read (in a parquet conversion, the "
+    "configuration, e.g. full).",
+)
 SeedOption = typer.Option(0, "--seed", help="Seeds generation, the Part B choice and the cuts.")
 FewShotOption = typer.Option(
     _DEFAULTS.few_shot_threshold,
@@ -100,6 +112,8 @@ def prepare(
     scale: str = ScaleOption,
     path: str = PathOption,
     variant: str = VariantOption,
+    revision: str = RevisionOption,
+    data_dir: str = DataDirOption,
     seed: int = SeedOption,
     canaries: int = typer.Option(
         _DEFAULTS.canaries, "--canaries", help="Canary sentences planted per Part A client."
@@ -121,6 +135,8 @@ def prepare(
         part_b=_part_b(source, scale, part_b),
         overwrite=overwrite,
         variant=variant,
+        revision=revision,
+        data_dir=data_dir,
     )
     _print_table(split, _title(source, scale, path, seed, variant))
     console.print(f"wrote {len(split.clients)} client folders and manifest.json to {out}")
@@ -133,12 +149,14 @@ def stats(
     scale: str = ScaleOption,
     path: str = PathOption,
     variant: str = VariantOption,
+    revision: str = RevisionOption,
+    data_dir: str = DataDirOption,
     seed: int = SeedOption,
     few_shot_threshold: int = FewShotOption,
     part_b: float | None = PartBOption,
 ) -> None:
     """Print the paper's Table 1 layout (personas and train/valid/test dialogues per part)."""
     _check_source(source, scale, path, variant)
-    corpus = load_corpus(source, scale, path, seed, variant)
+    corpus = load_corpus(source, scale, path, seed, variant, revision, data_dir)
     split = split_corpus(corpus, seed, few_shot_threshold, _part_b(source, scale, part_b))
     _print_table(split, _title(source, scale, path, seed, variant))

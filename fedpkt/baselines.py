@@ -190,12 +190,13 @@ def evaluate_model(
     model: nn.Module,
     client: LocalClient,
     context: str,
-    scorer: ConsistencyScorer,
+    scorer: ConsistencyScorer | None,
     cfg: FedpktConfig,
 ) -> dict[str, float]:
     """Test one persona locally on a (fine-tuned) model: same beams, metrics and C as prefixes.
 
-    Returns f1, f1_2gram, lcs_f1, c_score, test_loss, n_test_responses, n_train_dialogues.
+    Returns f1, f1_2gram, lcs_f1, c_score (absent when C is not measured), test_loss,
+    n_test_responses, n_train_dialogues.
     """
     examples = client.examples.get("test", [])
     if not examples:
@@ -214,7 +215,7 @@ def evaluate_model(
         "f1": scores["f1"],
         "f1_2gram": scores["f1_2gram"],
         "lcs_f1": scores["lcs_f1"],
-        "c_score": scores["c_score"],
+        **{key: scores[key] for key in ("c_score",) if key in scores},  # none: not measured
         "test_loss": float(loss),
         "n_test_responses": float(len(references)),
         "n_train_dialogues": float(client.data.num_dialogues("train")),

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from fedpkt.config import privacy_mechanisms
 from fedpkt.errors import FedpktError
-from fedpkt.report import METRICS, PARTS, ResultRow, format_pct, read_results
+from fedpkt.report import METRICS, NOT_MEASURED, PARTS, ResultRow, format_pct, read_results
 
 Mode = Literal["federated", "centralized"]
 BASELINES_MANIFEST = "baselines.json"
@@ -93,8 +93,18 @@ class CompareRow:
     privacy: tuple[str, ...] = ()  # the run's privacy mechanisms (config.privacy_mechanisms)
 
     def value(self, metric: str, part: str) -> float | None:
+        """The row's figure; None when the run has no such Part or did not measure it."""
         row = self.parts.get(part)
-        return None if row is None else float(getattr(row, metric))
+        value = None if row is None else getattr(row, metric)
+        return None if value is None else float(value)
+
+    def cell(self, metric: str, part: str) -> str:
+        """The Markdown cell: the figure, "–" without a row for the Part, "n/a" when the run
+        did not measure the metric (C under ``eval.c_backend = "none"``)."""
+        if part not in self.parts:
+            return "–"
+        value = self.value(metric, part)
+        return NOT_MEASURED if value is None else _cell(metric, value)
 
     def epsilon_max(self) -> float | None:
         """The largest DP-SGD ε any persona of this row spent (None: no DP-SGD)."""
@@ -193,8 +203,12 @@ def _fmt(metric: str, value: float) -> str:
 def _greater(claim: str, metric: str, part: str, left: CompareRow, right: CompareRow) -> Check:
     a, b = left.value(metric, part), right.value(metric, part)
     statement = f"Part {part}: {TITLES[metric]}({left.label}) > {TITLES[metric]}({right.label})"
-    if a is None or b is None:
+    if part not in left.parts or part not in right.parts:
         return Check(claim, statement, None, f"not measured: no Part {part} row")
+    if a is None or b is None:
+        unmeasured = [r.label for r, v in ((left, a), (right, b)) if v is None]
+        detail = f"not measured: no {TITLES[metric]} in {' and '.join(unmeasured)}"
+        return Check(claim, statement, None, detail)
     return Check(claim, statement, a > b, f"{_fmt(metric, a)} vs {_fmt(metric, b)}")
 
 
@@ -311,14 +325,15 @@ def _privacy_markdown(costs: Sequence[PrivacyCost]) -> str:
             "–" if eps is None else f"{eps:.2f}",
         ]
         for metric in METRICS:
-            a, b, d = (
-                cost.private.value(metric, cost.part),
-                cost.plain.value(metric, cost.part),
-                cost.delta(metric),
-            )
+            d = cost.delta(metric)
             sign = "" if d is None else ("+" if d >= 0 else "-")
-            change = "–" if d is None else sign + _cell(metric, abs(d))
-            cells.append(f"{_cell(metric, a)} / {_cell(metric, b)} / {change}")
+            unmeasured = NOT_MEASURED if cost.part in cost.plain.parts else "–"
+            change = unmeasured if d is None else sign + _cell(metric, abs(d))
+            private, plain = (
+                cost.private.cell(metric, cost.part),
+                cost.plain.cell(metric, cost.part),
+            )
+            cells.append(f"{private} / {plain} / {change}")
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -377,7 +392,7 @@ def render_markdown(rows: Sequence[CompareRow], checks: Sequence[Check]) -> str:
             row.run.replace("|", "\\|"),
         ]
         for metric in METRICS:
-            cells += [_cell(metric, row.value(metric, p)) for p in PARTS]
+            cells += [row.cell(metric, p) for p in PARTS]
         cells.append(_stored(row))
         for metric in METRICS:
             cells += [_paper_cell(metric, row.setting, i) for i in range(len(PARTS))]
@@ -462,8 +477,14 @@ def plot_metric(rows: Sequence[CompareRow], metric: str) -> bytes:
     width = 0.38
     for offset, (i, part) in zip((-width / 2, width / 2), enumerate(PARTS), strict=True):
         xs = [x + offset for x in range(len(rows))]
-        ys = [scale * (r.value(metric, part) or 0.0) for r in rows]
-        ax.bar(xs, ys, width, label=f"Part {part}")
+        values = [r.value(metric, part) for r in rows]
+        # Not measured (or no such Part) draws no bar, never a bar at 0; "n/a" marks the former.
+        ax.bar(
+            xs, [math.nan if v is None else scale * v for v in values], width, label=f"Part {part}"
+        )
+        for x, r, v in zip(xs, rows, values, strict=True):
+            if v is None and part in r.parts:
+                ax.text(x, 0.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
         paper = [
             (x, PAPER_TABLE2[r.setting].values[metric][i])
             for x, r in zip(xs, rows, strict=True)

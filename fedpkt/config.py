@@ -68,6 +68,17 @@ class DataConfig(_Section):
         description="PERSONA-CHAT: a local ParlAI-format file/directory or a Hugging Face "
         "dataset id (used through datasets.load_dataset).",
     )
+    revision: str = Field(
+        "",
+        description="Hugging Face dataset id: the revision to read (empty: main). A dataset "
+        "defined by a loading script, which datasets 4+ no longer runs, is read from its "
+        "parquet conversion: 'refs/convert/parquet'.",
+    )
+    data_dir: str = Field(
+        "",
+        description="Hugging Face dataset: the folder of the repository to read (datasets' "
+        "data_dir). In a parquet conversion, the configuration, e.g. 'full'.",
+    )
     personachat_variant: PersonachatVariant = Field(
         "self_original",
         description="PERSONA-CHAT ParlAI folder: which files to read, <split>_<variant>.txt "
@@ -173,8 +184,10 @@ class GenerationConfig(_Section):
 
 
 class EvalConfig(_Section):
-    c_backend: Literal["oracle", "model"] = Field(
-        "oracle", description="C score: the synthetic corpus's fact oracle, or an NLI model."
+    c_backend: Literal["oracle", "model", "none"] = Field(
+        "oracle",
+        description="C score: the synthetic corpus's fact oracle, an NLI model, or none (C not "
+        "measured: n/a in tables, null in JSON, left out of client replies).",
     )
     nli_model: str = Field("", description="HF sequence-classification NLI model (dir or id).")
     nli_batch_size: int = Field(
@@ -318,7 +331,8 @@ class FedpktConfig(_Section):
             raise ValueError("data.path must name PERSONA-CHAT files or a dataset id")
         if self.data.source == "personachat" and self.eval.c_backend == "oracle":
             raise ValueError(
-                "eval.c_backend='oracle' needs the synthetic corpus; use 'model' for PERSONA-CHAT"
+                "eval.c_backend='oracle' needs the synthetic corpus; use 'model' (an NLI model) "
+                "or 'none' (C not measured) for PERSONA-CHAT"
             )
         return self
 

@@ -217,19 +217,23 @@ MAX_PERSONA_SENTENCES = 64
 (PersonaPKT §4.3), and PERSONA-CHAT personas have 3-5 sentences."""
 
 
-def check_phase2_metrics(metrics: dict[str, Any], max_epochs: int) -> dict[str, float]:
+def check_phase2_metrics(
+    metrics: dict[str, Any], max_epochs: int, *, c_measured: bool = True
+) -> dict[str, float]:
     """A phase-2 reply as the server accepts it, or FedpktError naming the first problem.
 
     Replies are untrusted input: every contract name but ``epsilon`` (DP-SGD only) must be
     present, each value a finite number in its range: F1s in [0, 1], |C| at most
     ``MAX_PERSONA_SENTENCES``, losses and seconds >= 0, counts whole and >= 0, 0 <= best_epoch
-    <= epochs <= ``max_epochs``, ε >= 0.
+    <= epochs <= ``max_epochs``, ε >= 0. ``c_measured`` False (``eval.c_backend = "none"``):
+    ``c_score`` may be absent, as such replies leave it out.
     """
     try:
         clean = metrics_only(metrics)
     except (TypeError, ValueError) as err:
         raise FedpktError(str(err)) from None
-    missing = sorted(PHASE2_METRICS - {"epsilon"} - set(clean))
+    optional = {"epsilon"} if c_measured else {"epsilon", "c_score"}
+    missing = sorted(PHASE2_METRICS - optional - set(clean))
     if missing:
         raise FedpktError(f"phase-2 reply lacks metrics {missing}")
     ranges = {

@@ -168,7 +168,7 @@ def personalize_cohort(
             "f1": scores["f1"],
             "f1_2gram": scores["f1_2gram"],
             "lcs_f1": scores["lcs_f1"],
-            "c_score": scores["c_score"],
+            **{key: scores[key] for key in ("c_score",) if key in scores},  # none: not measured
             "test_loss": float(final_losses[cid]),
             "init_test_loss": float(init_losses[cid]),
             "n_test_responses": float(len(references)),

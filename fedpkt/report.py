@@ -14,8 +14,9 @@ client), then over the personas of a Part (here), so every persona weighs the sa
     {"rows": [{"method", "part", "f1", "f1_2gram", "lcs_f1", "c_score", "n_personas",
                "stored_params_pct"}, ...], "config": {...resolved config...}}
 
-Metric values stay fractions (F1s in [0, 1], C in [-m, m]); only ``report.md`` prints the F1s
-x100, like the paper's Table 2. Plots are drawn with matplotlib's Agg canvas directly (no
+Metric values stay fractions (F1s in [0, 1], C in [-m, m]; ``c_score`` null when C was not
+measured, ``eval.c_backend = "none"``); only ``report.md`` prints the F1s x100, like the
+paper's Table 2. Plots are drawn with matplotlib's Agg canvas directly (no
 pyplot, so no global backend state), and every file is written atomically.
 """
 
@@ -110,7 +111,8 @@ class RoundRecord:
 class ClientRecord:
     """One personalized persona's outcome (phase 2), all computed on its own client.
 
-    F1s are fractions in [0, 1]; ``c_score`` the mean C over its test responses;
+    F1s are fractions in [0, 1]; ``c_score`` the mean C over its test responses (None: not
+    measured, ``eval.c_backend = "none"``);
     ``test_loss`` is the personalized prefix's test loss and ``source_test_loss`` that of the
     prefix it started from (the source prefix; logged by clients as ``init_test_loss``);
     ``epsilon`` is its DP-SGD ε when DP was on.
@@ -122,7 +124,7 @@ class ClientRecord:
     f1: float
     f1_2gram: float
     lcs_f1: float
-    c_score: float
+    c_score: float | None
     test_loss: float | None
     source_test_loss: float | None
     epochs: int
@@ -147,7 +149,7 @@ class ClientRecord:
             f1=_number(event, "f1", where),
             f1_2gram=_number(event, "f1_2gram", where),
             lcs_f1=_number(event, "lcs_f1", where),
-            c_score=_number(event, "c_score", where),
+            c_score=_number(event, "c_score", where, optional=True),
             test_loss=_number(event, "test_loss", where, optional=True),
             source_test_loss=_number(event, source_key, where, optional=True),
             epochs=_count(event, "epochs", where),
@@ -164,7 +166,7 @@ class ResultRow:
     f1: float
     f1_2gram: float
     lcs_f1: float
-    c_score: float
+    c_score: float | None  # None: C not measured (n/a in tables, null in JSON)
     n_personas: int
     stored_params_pct: float
     # The largest DP-SGD ε a persona of this Part spent (None: no DP). The worst case, not the
@@ -231,6 +233,20 @@ def read_metrics(path: str | Path) -> tuple[list[RoundRecord], list[ClientRecord
 # --- rows and tables ----------------------------------------------------------------------
 
 
+def _mean(group: Sequence[ClientRecord], metric: str, part: str) -> float | None:
+    """The unweighted mean of a metric over personas; None when none of them measured it
+    (C under ``eval.c_backend = "none"``), an error when only some did."""
+    values = [getattr(c, metric) for c in group]
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise FedpktError(
+            f"Part {part}: {metric} was measured for some personas and not for others; "
+            "expected one eval.c_backend for the whole run"
+        )
+    return fmean(values)
+
+
 def summarize(
     method: str,
     clients: Iterable[ClientRecord | Mapping[str, Any]],
@@ -243,7 +259,7 @@ def summarize(
     for part in PARTS:
         group = [c for c in records if c.part == part]
         if group:
-            means = {m: fmean(getattr(c, m) for c in group) for m in METRICS}
+            means = {m: _mean(group, m, part) for m in METRICS}
             spent = [c.epsilon for c in group if c.epsilon is not None]
             rows.append(
                 ResultRow(
@@ -258,9 +274,12 @@ def summarize(
     return rows
 
 
+NOT_MEASURED = "n/a"
+
+
 def _fmt_metric(metric: str, value: float | None) -> str:
     if value is None:
-        return "–"
+        return NOT_MEASURED
     return f"{100 * value:.2f}" if metric in _PERCENT_METRICS else f"{value:.3f}"
 
 
@@ -274,8 +293,9 @@ def format_pct(value: float) -> str:
 def render_table(rows: Sequence[ResultRow]) -> str:
     """The paper's Table 2 layout as Markdown: one line per method, Part B | C per metric.
 
-    F1s are printed x100, C as is; a Part a method has no row for shows "–". Methods keep the
-    order of their first row, so ``fedpkt compare`` can pass rows of several runs.
+    F1s are printed x100, C as is; a Part a method has no row for shows "–", a metric its row
+    did not measure (C under ``eval.c_backend = "none"``) "n/a". Methods keep the order of
+    their first row, so ``fedpkt compare`` can pass rows of several runs.
     """
     methods: dict[str, dict[str, ResultRow]] = {}
     for row in rows:
@@ -290,7 +310,7 @@ def render_table(rows: Sequence[ResultRow]) -> str:
         for metric in METRICS:
             for part in PARTS:
                 row = parts.get(part)
-                cells.append(_fmt_metric(metric, getattr(row, metric) if row else None))
+                cells.append(_fmt_metric(metric, getattr(row, metric)) if row else "–")
         cells += [str(parts[p].n_personas) if p in parts else "0" for p in PARTS]
         pct = {r.stored_params_pct for r in parts.values()}
         cells.append(", ".join(format_pct(v) for v in sorted(pct)))
@@ -366,6 +386,9 @@ def _dp_section(clients: Sequence[ClientRecord]) -> str | None:
     return "\n".join(lines)
 
 
+_C_NOT_MEASURED = " C was not measured in this run (eval.c_backend = 'none'): n/a."
+
+
 def render_report(
     method: str,
     rows: Sequence[ResultRow],
@@ -385,7 +408,8 @@ def render_report(
         "## Automatic metrics (paper Table 2 layout)",
         "F1, 2-gram F1 and LCS F1 are x100 as in the paper; C is the mean C score. Each is "
         "averaged per persona, then over the personas of a Part (B: regular, C: few-shot). "
-        "Stored params: one personalized prefix as a percentage of the backbone's parameters.",
+        "Stored params: one personalized prefix as a percentage of the backbone's parameters."
+        + (_C_NOT_MEASURED if any(r.c_score is None for r in rows) else ""),
         render_table(rows) if rows else "No personalized personas were evaluated in this run.",
         "## Phase 1: source prefix",
         _phase1_section(rounds),
@@ -442,7 +466,8 @@ def _row_from_json(row: Any, index: int, where: str) -> ResultRow:
     n = row["n_personas"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise FedpktError(f"{at}.n_personas = {n!r}; expected an integer >= 1")
-    values = {k: _number(row, k, at) for k in (*METRICS, "stored_params_pct")}
+    values = {k: _number(row, k, at) for k in (*METRICS, "stored_params_pct") if k != "c_score"}
+    values["c_score"] = None if row["c_score"] is None else _number(row, "c_score", at)
     if values["stored_params_pct"] < 0:
         raise FedpktError(f"{at}.stored_params_pct = {row['stored_params_pct']!r}; expected >= 0")
     epsilon = _number(row, "epsilon_max", at, optional=True)
@@ -523,6 +548,9 @@ def plot_phase1_loss(rounds: Sequence[RoundRecord]) -> bytes:
     return _png(fig)
 
 
+_C_NOT_PLOTTED = "C not measured (eval.c_backend = 'none')"
+
+
 def plot_fewshot(clients: Sequence[ClientRecord]) -> bytes:
     """PNG: F1 (x100) and C against the number of training dialogues of each persona.
 
@@ -532,8 +560,8 @@ def plot_fewshot(clients: Sequence[ClientRecord]) -> bytes:
     axes = fig.subplots(1, 2)
     for ax, metric, scale in ((axes[0], "f1", 100.0), (axes[1], "c_score", 1.0)):
         title = _METRIC_TITLES[metric] + (" (x100)" if scale != 1.0 else "")
-        if not clients:
-            _empty(ax, "no personalized personas")
+        if not clients or any(getattr(c, metric) is None for c in clients):
+            _empty(ax, "no personalized personas" if not clients else _C_NOT_PLOTTED)
             ax.set_title(title)
             continue
         for part, marker in zip(PARTS, ("o", "^"), strict=True):
@@ -567,6 +595,8 @@ def plot_c_distribution(clients: Sequence[ClientRecord]) -> bytes:
     ax = fig.subplots()
     if not clients:
         _empty(ax, "no personalized personas")
+    elif any(c.c_score is None for c in clients):
+        _empty(ax, _C_NOT_PLOTTED)
     else:
         values = [c.c_score for c in clients]
         lo, hi = min(-1.0, min(values)), max(1.0, max(values))

@@ -109,6 +109,8 @@ def ensure_partitions(cfg: FedpktConfig, run: RunDir) -> Path:
         # Synthetic scales fix their Part B size; real PERSONA-CHAT uses the configured share.
         part_b=cfg.data.part_b_fraction if cfg.data.source == "personachat" else None,
         variant=cfg.data.personachat_variant,
+        revision=cfg.data.revision,
+        data_dir=cfg.data.data_dir,
         out=root,
     )
     return root

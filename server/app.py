@@ -288,8 +288,10 @@ def run_phase2(
     # personas_per_message personas, in the worst case trained one at a time, each within
     # the per-client timeout.
     idle = cfg.phase1.client_timeout_s * cfg.phase2.personas_per_message
+    c_measured = cfg.eval.c_backend != "none"  # "none": replies leave c_score out
     for request, reply in stream_replies(grid, [m for m, _ in plan], idle):
-        for entry, outcome in _persona_outcomes(entries[id(request)], reply, cfg.phase2.max_epochs):
+        outcomes = _persona_outcomes(entries[id(request)], reply, cfg.phase2.max_epochs, c_measured)
+        for entry, outcome in outcomes:
             if isinstance(outcome, str):
                 log(WARNING, "phase 2: client %s failed: %s", entry.client_id, outcome)
                 emit({"event": "client_failed", "client_id": entry.client_id, "reason": outcome})
@@ -302,7 +304,7 @@ def run_phase2(
 
 
 def _persona_outcomes(
-    entries: list[ClientEntry], reply: Message | None, max_epochs: int
+    entries: list[ClientEntry], reply: Message | None, max_epochs: int, c_measured: bool = True
 ) -> list[tuple[ClientEntry, dict[str, float] | str]]:
     """Each persona's checked metrics, or the reason it has none, from one phase-2 reply.
 
@@ -318,7 +320,8 @@ def _persona_outcomes(
         record = reply.content.metric_records.get(persona_metrics_record(entry.client_id))
         if record is not None:
             try:
-                out.append((entry, check_phase2_metrics(dict(record), max_epochs)))
+                checked = check_phase2_metrics(dict(record), max_epochs, c_measured=c_measured)
+                out.append((entry, checked))
             except FedpktError as err:
                 out.append((entry, f"rejected reply: {err}"))
         else:

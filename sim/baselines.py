@@ -71,7 +71,7 @@ class Cohort:
     targets: list[LocalClient]  # the phase-2 personas (B then C), as the server picks them
     parts: dict[str, str]  # client id -> "B" | "C"
     numbers: dict[str, int]  # client id -> persona number (Persona_id + FT)
-    scorer: ConsistencyScorer
+    scorer: ConsistencyScorer | None
     backbone_params: int
 
 

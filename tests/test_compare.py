@@ -217,3 +217,30 @@ def test_without_private_runs_the_privacy_table_says_so(runs: list[Path], tmp_pa
     write_comparison(runs, tmp_path / "cmp")
     assert read_comparison(tmp_path / "cmp")["privacy_costs"] == []
     assert "No run here has privacy mechanisms" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_a_run_without_c_shows_na_and_its_c_checks_are_not_measured(
+    runs: list[Path], tmp_path: Path
+) -> None:
+    """A federated run with eval.c_backend = "none" beside a centralized run that measured C."""
+    fed = _federated(
+        tmp_path / "fed-noc",
+        [
+            _row("PersonaPKT (federated)", "B", 0.150, None, 0.1),  # type: ignore[arg-type]
+            _row("PersonaPKT (federated)", "C", 0.110, None, 0.1),  # type: ignore[arg-type]
+        ],
+    )
+    files = write_comparison([fed, runs[1]], tmp_path / "out")
+    data = read_comparison(tmp_path / "out")
+    fed_row = next(r for r in data["rows"] if r["mode"] == "federated")
+    assert (fed_row["c_score_B"], fed_row["c_score_C"]) == (None, None)
+    assert fed_row["f1_B"] == pytest.approx(0.150)
+    table = files.markdown.read_text()
+    fed_line = next(line for line in table.splitlines() if "| federated |" in line)
+    cells = [cell.strip() for cell in fed_line.strip("|").split("|")]
+    assert cells[10:12] == ["n/a", "n/a"]  # C B, C C
+    c_checks = [c for c in files.checks if c.claim.startswith("C(") and "federated" in c.statement]
+    assert c_checks and all(c.holds is None and "no C in" in c.detail for c in c_checks)
+    with (tmp_path / "out" / "compare.csv").open() as handle:
+        fed_csv = next(r for r in csv.DictReader(handle) if r["mode"] == "federated")
+    assert (fed_csv["c_score_B"], fed_csv["c_score_C"]) == ("", "")

@@ -108,3 +108,19 @@ def test_personachat_variant_is_a_data_setting():
     assert load_config("embedded").data.personachat_variant == "self_original"
     with pytest.raises(FedpktError, match="personachat_variant"):
         load_config("embedded", ["data.personachat_variant='other_original'"])
+
+
+def test_c_backend_none_lets_personachat_run_without_an_nli_model():
+    cfg = load_config("paper", ["eval.c_backend='none'"])
+    assert (cfg.eval.c_backend, cfg.data.source) == ("none", "personachat")
+    with pytest.raises(FedpktError, match=r"'none' \(C not measured\) for PERSONA-CHAT"):
+        load_config("paper", ["eval.c_backend='oracle'"])
+
+
+def test_the_paper_preset_reads_the_parquet_conversion_of_its_dataset():
+    data = load_config("paper").data
+    assert (data.path, data.revision, data.data_dir) == (
+        "bavard/personachat_truecased",
+        "refs/convert/parquet",
+        "full",
+    )

@@ -227,3 +227,7 @@ def test_oracle_scores_each_response_in_order() -> None:
     """[entail job + pet, contradict job, neutral] -> [2, -1, 0]."""
     responses = ["I work as a nurse and I have a dog!", "i am a teacher by trade", "hi"]
     assert OracleScorer().score(responses, ORACLE_PERSONA) == [2.0, -1.0, 0.0]
+
+
+def test_backend_none_builds_no_scorer() -> None:
+    assert make_scorer(EvalConfig(c_backend="none")) is None

@@ -156,3 +156,32 @@ def test_unknown_variant_is_one_line_exit_2(tmp_path):
     folder = _variant_folder(tmp_path)
     args = ["stats", "--source", "personachat", "--path", str(folder), "--variant", "other"]
     assert "variant 'other' is unknown" in _one_error_line(runner.invoke(app, args))
+
+
+def test_stats_reads_a_hub_dataset_at_a_revision_and_folder(tmp_path, monkeypatch):
+    """--revision/--data-dir reach datasets.load_dataset (the hub stands in as a local parquet
+    conversion with one persona of 6 dialogues in 'full', another one in 'sample')."""
+    import datasets
+
+    for folder, persona, n in (("full/train", "I ski.", 6), ("sample/train", "I am not read.", 3)):
+        rows = [
+            {"personality": [persona], "candidates": ["x", f"reply {k}"], "history": [f"hi {k}"],
+             "conv_id": k, "utterance_idx": 0}
+            for k in range(n)
+        ]  # fmt: skip
+        (tmp_path / folder).mkdir(parents=True)
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / folder / "0000.parquet"))
+    asked = []
+
+    def hub(name, revision=None, **kwargs):
+        asked.append((name, revision, kwargs.get("data_dir")))
+        return real(str(tmp_path), cache_dir=str(tmp_path / "cache"), **kwargs)
+
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    args = ["stats", "--source", "personachat", "--path", "bavard/personachat_truecased"]
+    args += ["--revision", "refs/convert/parquet", "--data-dir", "full", "--part-b", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert asked == [("bavard/personachat_truecased", "refs/convert/parquet", "full")]
+    assert _rows(result.output)["A"] == [1, 4, 1, 1]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from fedpkt.config import load_config
 from fedpkt.data.personachat import load_parlai, load_personachat, load_personachat_hf
 from fedpkt.errors import FedpktError
 
@@ -281,3 +283,95 @@ def test_lf_crlf_and_cr_files_read_alike(newline, tmp_path):
     corpus = load_parlai(path)
     assert len(corpus.dialogues) == 3
     assert corpus.dialogues[2].turns[-1].text == "it is !"
+
+
+# --- the paper preset's dataset: bavard/personachat_truecased through its parquet conversion --
+
+PARQUET_ID = "bavard/personachat_truecased"
+
+
+def _parquet_conversion(root):
+    """A local copy in the layout of the hub's parquet conversion (``refs/convert/parquet``):
+    one folder per configuration, one per split. 'full' holds HF_ROWS (train) and one
+    validation conversation; 'sample' another persona that must not be read with 'full'."""
+    import datasets
+
+    validation = [{**HF_ROWS[3], "conv_id": 7, "personality": ["I am a pilot."]}]
+    sample = [{**HF_ROWS[3], "conv_id": 9, "personality": ["I only exist in the sample."]}]
+    for folder, rows in (
+        ("full/train", HF_ROWS),
+        ("full/validation", validation),
+        ("sample/train", sample),
+    ):
+        (root / folder).mkdir(parents=True)
+        datasets.Dataset.from_list(rows).to_parquet(str(root / folder / "0000.parquet"))
+    return root
+
+
+FULL_DIALOGUES = ["train-0", "train-1", "train-2", "validation-7"]
+
+
+def test_a_parquet_conversion_is_read_for_the_chosen_configuration(tmp_path):
+    root = _parquet_conversion(tmp_path / "pc")
+    corpus = load_personachat(str(root), data_dir="full", cache_dir=str(tmp_path / "c"))
+    assert [d.dialogue_id for d in corpus.dialogues] == FULL_DIALOGUES
+    sentences = [p.sentences for p in corpus.personas.values()]
+    assert ["I only exist in the sample."] not in sentences
+
+
+def test_a_hub_id_is_read_at_the_configured_revision_and_folder(tmp_path, monkeypatch):
+    """The hub itself stands in as the local parquet conversion: load_dataset is asked for the
+    dataset id at revision refs/convert/parquet, folder 'full' (as configs/paper.toml sets)."""
+    import datasets
+
+    root = _parquet_conversion(tmp_path / "pc")
+    calls = []
+    real = datasets.load_dataset
+
+    def hub(name, **kwargs):
+        calls.append((name, kwargs.get("revision"), kwargs.get("data_dir")))
+        assert name == PARQUET_ID and kwargs.pop("revision") == "refs/convert/parquet"
+        return real(str(root), **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    cfg = load_config("paper")
+    corpus = load_personachat(
+        cfg.data.path,
+        revision=cfg.data.revision,
+        data_dir=cfg.data.data_dir,
+        cache_dir=str(tmp_path / "c"),
+    )
+    assert calls == [(PARQUET_ID, "refs/convert/parquet", "full")]
+    assert [d.dialogue_id for d in corpus.dialogues] == FULL_DIALOGUES
+
+
+def test_a_dataset_defined_by_a_script_is_one_line_naming_the_fix(tmp_path):
+    """datasets >= 4 refuses loading scripts; a local script dataset raises the real error."""
+    script_dataset = tmp_path / "personachat_truecased"
+    script_dataset.mkdir()
+    (script_dataset / "personachat_truecased.py").write_text("# a loading script\n")
+    with pytest.raises(FedpktError) as err:
+        load_personachat(str(script_dataset))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "is defined by a loading script" in message
+    assert "data.revision = 'refs/convert/parquet'" in message
+
+
+@pytest.mark.parametrize("path", ["missing", "data/pc/clients", "./pc", "/nowhere/pc", "a/../b"])
+def test_a_missing_path_that_is_no_hub_id_never_reaches_the_hub(path, monkeypatch):
+    import datasets
+
+    def hub(*args, **kwargs):
+        raise AssertionError(f"the hub was asked for {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    with pytest.raises(FedpktError, match=f"PERSONA-CHAT path '{re.escape(path)}' does not exist"):
+        load_personachat(path)
+
+
+def test_an_existing_path_in_owner_name_form_is_read_locally(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner").mkdir()
+    _write(tmp_path / "owner", "name", SELF_ORIGINAL)  # a ParlAI file named like a hub id
+    assert len(load_personachat("owner/name").dialogues) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -78,3 +79,32 @@ def test_bad_phase2_replies_fail_their_personas_and_the_run_finishes(tmp_path: P
     report = (run.root / "report.md").read_text()
     assert "3 personas have no result" in report
     assert (run.root / "results.json").is_file()
+
+
+def test_c_score_may_be_absent_only_when_c_is_not_measured() -> None:
+    """eval.c_backend = "none": replies leave c_score out (a MetricRecord holds no null)."""
+    without_c = {k: v for k, v in GOOD.items() if k != "c_score"}
+    assert check_phase2_metrics(without_c, max_epochs=8, c_measured=False) == without_c
+    assert check_phase2_metrics(GOOD, max_epochs=8, c_measured=False) == GOOD
+    with pytest.raises(FedpktError, match=r"lacks metrics \['c_score'\]"):
+        check_phase2_metrics(without_c, max_epochs=8)
+
+
+@pytest.mark.e2e
+def test_a_run_without_c_reports_it_not_measured_end_to_end(tmp_path: Path) -> None:
+    """eval.c_backend = "none" through Flower: replies carry no c_score, the server accepts
+    them, results.json has null, and `fedpkt compare` reads the run."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    cfg = tiny_config(eval__c_backend="none", phase2__init="random")
+    run = simulate(cfg, tmp_path / "run")
+    clients = run.events("client")
+    assert clients and not run.events("client_failed")
+    assert all("c_score" not in event for event in clients)
+    rows = json.loads((run.root / "results.json").read_text())["rows"]
+    assert [row["c_score"] for row in rows] == [None, None]
+    result = CliRunner().invoke(app, ["compare", str(run.root), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    assert "| n/a | n/a |" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -259,3 +259,32 @@ def test_stored_shares_never_print_in_exponent_notation() -> None:
         "2,000%",
         "123,456%",
     ]
+
+
+NO_C = [{k: v for k, v in c.items() if k != "c_score"} for c in CLIENTS]
+
+
+def test_c_not_measured_is_none_in_rows_null_in_json_and_na_in_tables(tmp_path: Path) -> None:
+    """eval.c_backend = "none": client events carry no c_score. Rows have c_score None (never
+    0), results.json null, results.csv an empty cell, report.md "n/a"; plots still written."""
+    files = write_report(
+        tmp_path, method=METHOD, rounds=ROUNDS, clients=NO_C, stored_params_pct=0.05, config={}
+    )
+    b, c = summarize(METHOD, NO_C, 0.05)
+    assert b.c_score is None and c.c_score is None and b.f1 == pytest.approx(0.2)
+    rows = json.loads(files.results_json.read_text())["rows"]
+    assert [r["c_score"] for r in rows] == [None, None]
+    with files.results_csv.open() as handle:
+        assert [r["c_score"] for r in csv.DictReader(handle)] == ["", ""]
+    assert [r.c_score for r in read_results(tmp_path).rows] == [None, None]
+    table = render_table(read_results(tmp_path).rows)
+    assert table.splitlines()[2].split(" | ")[7:9] == ["n/a", "n/a"]
+    report = files.report_md.read_text()
+    assert "C was not measured in this run (eval.c_backend = 'none')" in report
+    for path in files.plots.values():
+        Image.open(path).verify()
+
+
+def test_c_measured_for_some_personas_only_is_an_error() -> None:
+    with pytest.raises(FedpktError, match="measured for some personas and not for others"):
+        summarize(METHOD, [*NO_C[:2], CLIENTS[2]], 0.05)

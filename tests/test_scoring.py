@@ -84,10 +84,28 @@ def test_aggregate_is_unweighted_over_personas() -> None:
 
 
 def test_aggregate_rejects_a_row_without_a_metric() -> None:
-    with pytest.raises(FedpktError, match="row 0 lacks c_score"):
-        aggregate_personas([{"f1": 0.5, "f1_2gram": 0.2, "lcs_f1": 0.4, "n": 3}])
+    """A missing text metric is an error (a missing C means "not measured", below)."""
+    with pytest.raises(FedpktError, match="row 0 lacks f1"):
+        aggregate_personas([{"f1_2gram": 0.2, "lcs_f1": 0.4, "c_score": 1.0, "n": 3}])
 
 
 def test_aggregate_rejects_no_personas() -> None:
     with pytest.raises(FedpktError, match="0 persona score rows"):
         aggregate_personas([])
+
+
+def test_without_a_scorer_c_is_left_out_not_zero() -> None:
+    """eval.c_backend = "none": the row has the text metrics and n, and no c_score key."""
+    row = score_responses(["hello there"], ["hello there"], PERSONA, None)
+    assert row == {"f1": 1.0, "f1_2gram": 1.0, "lcs_f1": 1.0, "n": 1}
+
+
+def test_aggregate_of_rows_without_c_has_c_none() -> None:
+    rows = [{"f1": 0.2, "f1_2gram": 0.1, "lcs_f1": 0.2, "n": 3}] * 2
+    assert aggregate_personas(rows)["c_score"] is None
+
+
+def test_aggregate_rejects_c_measured_for_some_personas_only() -> None:
+    rows = [{"f1": 0.2, "f1_2gram": 0.1, "lcs_f1": 0.2, "n": 3}]
+    with pytest.raises(FedpktError, match="lacks c_score"):
+        aggregate_personas([*rows, {**rows[0], "c_score": 1.0}])

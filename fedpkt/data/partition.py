@@ -89,9 +89,12 @@ def load_corpus(
     path: str | None = "",
     seed: int = 0,
     variant: str = "self_original",
+    revision: str = "",
+    data_dir: str = "",
 ) -> Corpus:
     """The synthetic corpus of ``scale``, or PERSONA-CHAT from ``path`` (file, dir, dataset id;
-    ``variant`` picks the files of a ParlAI folder)."""
+    ``variant`` picks the files of a ParlAI folder, ``revision``/``data_dir`` what to read of
+    a Hugging Face dataset)."""
     if source == "synthetic":
         from fedpkt.data.synthetic import generate_corpus
 
@@ -99,7 +102,7 @@ def load_corpus(
     if source == "personachat":
         from fedpkt.data.personachat import load_personachat
 
-        return load_personachat(path or "", variant)
+        return load_personachat(path or "", variant, revision=revision, data_dir=data_dir)
     raise FedpktError(f"unknown data source '{source}' (expected synthetic or personachat)")
 
 
@@ -215,19 +218,22 @@ def prepare_partitions(
     part_b: float | None = None,
     overwrite: bool = False,
     variant: str = "self_original",
+    revision: str = "",
+    data_dir: str = "",
 ) -> CorpusSplit:
     """Load the source, split it, write ``OUT/clients/*`` and ``OUT/manifest.json``.
 
     ``part_b`` None means the preset's count (synthetic) or 0.2846 of the regular personas
     (PERSONA-CHAT). ``variant``: the files of a PERSONA-CHAT ParlAI folder (``self_original``,
-    ``self_revised``, ``both_original``, ``both_revised``). Returns the split (with canaries
-    planted) for callers that go on in-process.
+    ``self_revised``, ``both_original``, ``both_revised``); ``revision`` and ``data_dir``: what
+    to read of a Hugging Face dataset (``refs/convert/parquet`` and ``full`` for the paper's).
+    Returns the split (with canaries planted) for callers that go on in-process.
     """
     target = Path(out)
     _check_out(target, overwrite)
     if canaries < 0:
         raise FedpktError(f"canaries={canaries} is invalid (expected >= 0)")
-    corpus = load_corpus(source, scale, path, seed, variant)
+    corpus = load_corpus(source, scale, path, seed, variant, revision, data_dir)
     b = default_part_b(source, scale) if part_b is None else part_b
     split = split_corpus(corpus, seed, few_shot_threshold, b)
     planted = plant_canaries(split, canaries, seed) if canaries else {}
@@ -246,6 +252,8 @@ def prepare_partitions(
             "scale": scale if source == "synthetic" else "",
             "path": (path or "") if source == "personachat" else "",
             "variant": variant if source == "personachat" else "",
+            "revision": revision if source == "personachat" else "",
+            "data_dir": data_dir if source == "personachat" else "",
             "seed": seed,
             "few_shot_threshold": few_shot_threshold,
             "part_b": b,
@@ -288,8 +296,8 @@ def _read_json(file: Path, what: str) -> Any:
 def load_manifest(root: str | Path) -> dict[str, Any]:
     """Read and check ``root/manifest.json``; returns it as written.
 
-    Keys: version, source, scale, path, variant (PERSONA-CHAT; may be absent in older
-    manifests), seed, few_shot_threshold, part_b, canaries,
+    Keys: version, source, scale, path, variant, revision, data_dir (PERSONA-CHAT; absent in
+    older manifests), seed, few_shot_threshold, part_b, canaries,
     dropped_personas, dropped_dialogues, and ``clients``: a list of
     ``{client_id, part, counts: {train, valid, test}, num_train_examples, files: {name: sha256}}``
     in client-id order (A, then B, then C).

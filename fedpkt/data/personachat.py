@@ -21,7 +21,10 @@ Hugging Face schema (that of ``bavard/personachat_truecased``): one row per pers
 ``personality`` (list of description sentences), ``history`` (the earlier utterances,
 partner first), ``candidates`` (the gold reply LAST), ``conv_id`` and ``utterance_idx``. The
 row with the largest ``utterance_idx`` of a conversation holds it whole: history + gold reply.
-Every split of the dataset is read.
+Every split of the dataset is read. ``bavard/personachat_truecased`` itself is defined by a
+loading script, which ``datasets`` 4 and later refuse; its parquet conversion (revision
+``refs/convert/parquet``, one folder per configuration: ``full/train/0000.parquet``, ...) has
+the same rows, so ``data.revision`` and ``data.data_dir`` read that instead.
 
 Both loaders return a :class:`fedpkt.data.split.Corpus` whose personas are already grouped by
 their normalised description (ids ``pc-<index:05d>`` in order of first appearance).
@@ -44,6 +47,11 @@ SILENCE = {"__silence__", "__ silence __"}
 VARIANTS: tuple[str, ...] = get_args(PersonachatVariant)
 NO_CANDS = "_no_cands"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# The hub's dataset id form, owner/name (huggingface_hub's repo id characters).
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Where the hub keeps a dataset's automatic parquet conversion (script datasets included).
+PARQUET_REVISION = "refs/convert/parquet"
+SCRIPT_REFUSED = "Dataset scripts are no longer supported"
 HF_FIELDS = ("personality", "history", "candidates", "conv_id", "utterance_idx")
 _LINE = re.compile(r"^(\d+) (.*)$")
 
@@ -225,7 +233,8 @@ def load_personachat_hf(name: str, **kwargs: Any) -> Corpus:
 
     ``name`` is a hub id (needs the hub or a local cache), a local dataset directory, or a
     builder such as ``"json"`` with ``data_files=...``. A directory written by
-    ``Dataset(Dict).save_to_disk`` is read with ``datasets.load_from_disk``.
+    ``Dataset(Dict).save_to_disk`` is read with ``datasets.load_from_disk``. ``kwargs`` go to
+    ``load_dataset`` (``revision``, ``data_dir``, ``cache_dir``, ...).
     """
     import datasets  # heavy import, only on this path
 
@@ -241,18 +250,47 @@ def load_personachat_hf(name: str, **kwargs: Any) -> Corpus:
         raise
     except Exception as err:  # datasets raises many types; the user needs one line
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if SCRIPT_REFUSED in first:
+            raise FedpktError(_script_fix(name, datasets.__version__)) from None
         raise FedpktError(f"cannot load Hugging Face dataset '{name}': {first}") from None
     splits = loaded if isinstance(loaded, Mapping) else {"train": loaded}
     return corpus_from_rows(splits, name)
 
 
-def load_personachat(path: str, variant: str = "self_original", **kwargs: Any) -> Corpus:
+def _script_fix(name: str, version: str) -> str:
+    return (
+        f"Hugging Face dataset '{name}' is defined by a loading script, which datasets "
+        f"{version} no longer runs; read its parquet conversion instead: data.revision = "
+        f"'{PARQUET_REVISION}' and, if it has several configurations, data.data_dir = the one "
+        f"to read, e.g. 'full' (fedpkt data: --revision {PARQUET_REVISION} --data-dir full)"
+    )
+
+
+def is_hub_id(path: str) -> bool:
+    """True for the hub's ``owner/name`` form (``bavard/personachat_truecased``)."""
+    return HUB_ID.match(path) is not None and ".." not in path
+
+
+def load_personachat(
+    path: str,
+    variant: str = "self_original",
+    *,
+    revision: str = "",
+    data_dir: str = "",
+    **kwargs: Any,
+) -> Corpus:
     """ParlAI text when ``path`` is a .txt file or a directory of them, else Hugging Face.
 
-    Local ``.json``/``.jsonl``/``.parquet`` files go through the ``json``/``parquet`` builders.
+    A path that exists is read locally: local ``.json``/``.jsonl``/``.parquet`` files through
+    the ``json``/``parquet`` builders, a directory of dataset files (a parquet conversion's
+    layout included: ``data_dir`` picks its configuration) or one written by ``save_to_disk``.
+    A path that does not exist is a hub id only in the hub's ``owner/name`` form, read at
+    ``revision`` (empty: main); anything else is a missing path, refused without asking the hub.
     """
     if not path:
         raise FedpktError("PERSONA-CHAT path is empty (expected a file, directory or dataset id)")
+    folder = {"data_dir": data_dir} if data_dir else {}
+    at = {"revision": revision} if revision else {}  # a local directory has no revisions
     local = Path(path)
     if local.is_file() and local.suffix in {".json", ".jsonl", ".parquet"}:
         builder = "parquet" if local.suffix == ".parquet" else "json"
@@ -260,9 +298,10 @@ def load_personachat(path: str, variant: str = "self_original", **kwargs: Any) -
     if local.is_file() or (local.is_dir() and any(local.glob("*.txt"))):
         return load_parlai(local, variant)
     if local.is_dir():
-        return load_personachat_hf(str(local), **kwargs)
-    if local.suffix or local.is_absolute() or path.startswith("."):
+        return load_personachat_hf(str(local), **folder, **kwargs)
+    if not is_hub_id(path):
         raise FedpktError(
-            f"PERSONA-CHAT path '{path}' does not exist (expected a file or directory)"
+            f"PERSONA-CHAT path '{path}' does not exist (expected a file or directory, or a "
+            "Hugging Face dataset id of the form owner/name)"
         )
-    return load_personachat_hf(path, **kwargs)
+    return load_personachat_hf(path, **at, **folder, **kwargs)

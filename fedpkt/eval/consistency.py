@@ -3,7 +3,9 @@
 C(u) = Σ_j NLI(u, p_j) over the persona's description p_1..p_m, with NLI = 1 if the response u
 entails p_j, 0 if neutral, -1 if it contradicts p_j. So C(u) lies in [-m, m].
 
-Two backends give NLI(u, p_j) behind one interface (``ConsistencyScorer``):
+Two backends give NLI(u, p_j) behind one interface (``ConsistencyScorer``), or none at all
+(``c_backend = "none"``, for real data without an NLI model: C is then *not measured*, which
+every table shows as n/a and every JSON file as null, never as 0):
 
 - ``OracleScorer``: the synthetic corpus knows which facts a text states, so NLI is exact
   (``fedpkt.data.facts``), summed over ``persona.facts``;
@@ -184,8 +186,13 @@ class NLIModelScorer:
         return [c_score(flat[i * m : (i + 1) * m]) for i in range(len(responses))]
 
 
-def make_scorer(eval_config: EvalConfig) -> ConsistencyScorer:
-    """The C-score backend the config names ('oracle' or 'model'); build it once per run."""
+def make_scorer(eval_config: EvalConfig) -> ConsistencyScorer | None:
+    """The C-score backend the config names ('oracle' or 'model'); build it once per run.
+
+    None for ``c_backend = "none"``: C is not measured (``score_responses`` then leaves it out).
+    """
+    if eval_config.c_backend == "none":
+        return None
     if eval_config.c_backend == "oracle":
         return OracleScorer()
     return NLIModelScorer(

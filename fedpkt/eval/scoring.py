@@ -30,14 +30,18 @@ def score_responses(
     predictions: list[str],
     references: list[str],
     persona: Persona,
-    scorer: ConsistencyScorer,
+    scorer: ConsistencyScorer | None,
 ) -> dict[str, float]:
     """Means over one persona's responses: f1, f1_2gram, lcs_f1, c_score, plus n (responses, int).
 
     ``predictions[i]`` is the generated reply to the context whose human reply is
-    ``references[i]``; both lists must be equally long and non-empty.
+    ``references[i]``; both lists must be equally long and non-empty. Without a scorer
+    (``eval.c_backend = "none"``) C is not measured and the row has no ``c_score`` at all.
     """
     row = average_text_scores(predictions, references)
+    row["n"] = len(predictions)
+    if scorer is None:
+        return row
     c_values = scorer.score(predictions, persona)
     if len(c_values) != len(predictions):
         raise FedpktError(
@@ -45,19 +49,20 @@ def score_responses(
             "(expected one per response)"
         )
     row["c_score"] = fmean(c_values)
-    row["n"] = len(predictions)
     return row
 
 
-def aggregate_personas(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+def aggregate_personas(rows: Sequence[dict[str, float]]) -> dict[str, float | None]:
     """Unweighted mean of each metric over personas, plus n_personas and n (total responses).
 
     Each row is one persona's ``score_responses`` output (extra keys are ignored); a row that
-    lacks a metric or ``n`` is an error rather than a silent zero.
+    lacks a metric or ``n`` is an error rather than a silent zero. ``c_score`` is None when no
+    row measured C (``eval.c_backend = "none"``); some rows with C and some without is an error.
     """
     if not rows:
         raise FedpktError("got 0 persona score rows to aggregate (expected at least one)")
-    required = (*METRICS, "n")
+    measured = any("c_score" in row for row in rows)
+    required = (*(METRICS if measured else TEXT_METRICS), "n")
     for index, row in enumerate(rows):
         missing = [name for name in required if name not in row]
         if missing:
@@ -65,7 +70,10 @@ def aggregate_personas(rows: Sequence[dict[str, float]]) -> dict[str, float]:
                 f"persona score row {index} lacks {', '.join(missing)} "
                 f"(expected keys {', '.join(required)})"
             )
-    result = {name: fmean(float(row[name]) for row in rows) for name in METRICS}
+    result: dict[str, float | None] = {
+        name: fmean(float(row[name]) for row in rows) for name in required if name != "n"
+    }
+    result["c_score"] = result.get("c_score")
     result["n_personas"] = len(rows)
     result["n"] = int(sum(row["n"] for row in rows))
     return result
