@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint wheel-check bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: setup lint
 	$(BIN)/fedpkt backbone build --size tiny
 	$(BIN)/fedpkt backbone build --size default
 	$(BIN)/python -m pytest -q
+	$(MAKE) wheel-check
+
+# The wheel as users install it: built, installed into a fresh venv outside the repository,
+# then `fedpkt config show` and a tiny `fedpkt simulate` there (about 1.5 min; .ci/wheel_check).
+wheel-check: setup
+	.ci/wheel_check $(abspath $(BIN))/python
 
 bench: setup
 	$(BIN)/python bench/backbone_build.py --size default

@@ -26,7 +26,8 @@ ConfigOption = typer.Option(
     None,
     "--config",
     "-c",
-    help="TOML config file, or a preset name in configs/ (embedded, paper); default: embedded.",
+    help="TOML config file, or a preset name (fedpkt/configs/: embedded, paper); default: "
+    "embedded.",
 )
 SetOption = typer.Option(
     None, "--set", "-s", help="Override one key: section.key=value (repeatable)."

@@ -29,7 +29,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Presets ship inside the package (package data), so an installed wheel has them too.
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class _Section(BaseModel):
@@ -433,7 +434,7 @@ def load_config(
 ) -> FedpktConfig:
     """Resolve defaults < TOML file < ``section.key=value`` overrides < ``values`` (dotted keys).
 
-    ``path`` may also be a preset name from ``configs/`` (``embedded``, ``paper``).
+    ``path`` may also be a preset name from ``fedpkt/configs/`` (``embedded``, ``paper``).
     """
     data: dict[str, Any] = read_toml(path) if path else {}
     items = [parse_override(text) for text in overrides or []]

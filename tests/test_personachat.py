@@ -321,7 +321,7 @@ def test_a_parquet_conversion_is_read_for_the_chosen_configuration(tmp_path):
 
 def test_a_hub_id_is_read_at_the_configured_revision_and_folder(tmp_path, monkeypatch):
     """The hub itself stands in as the local parquet conversion: load_dataset is asked for the
-    dataset id at revision refs/convert/parquet, folder 'full' (as configs/paper.toml sets)."""
+    dataset id at revision refs/convert/parquet, folder 'full' (the paper preset's settings)."""
     import datasets
 
     root = _parquet_conversion(tmp_path / "pc")
