@@ -7,7 +7,7 @@ rejected with one line that names the dotted key, the value given and what was e
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +23,6 @@ from pydantic import (
 )
 
 from fedpkt.errors import FedpktError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 # Presets ship inside the package (package data), so an installed wheel has them too.
 PRESET_DIR = Path(__file__).resolve().parent / "configs"

@@ -57,7 +57,7 @@ class NodeKeys:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _general_name(name: str) -> x509.GeneralName:

@@ -32,7 +32,7 @@ import secrets
 import struct
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +235,7 @@ class Vault:
                 k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in arrays.items()
             },
             "backbone_fingerprint": backbone_fingerprint,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "cipher": "AES-256-GCM",
             "kdf": {
                 "name": "scrypt",
