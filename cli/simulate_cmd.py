@@ -44,6 +44,9 @@ def simulate_command(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="HOST:PORT of a running Ray head to join (default: local)."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also show Flower's and the Ray workers' logs on the console."
+    ),
 ) -> None:
     """Run PersonaPKT federated: phase 1 (source prefix) and phase 2 (personalization)."""
     cfg = resolve_config(
@@ -66,7 +69,9 @@ def simulate_command(
     check_resources(cfg.simulation)  # a GPU nothing serves: one line, before the progress bars
     check_backbone_fits(cfg)  # lengths beyond the backbone's position table: the same
     with run_progress(cfg.phase1.rounds) as (_, on_event):
-        run = simulate(cfg, run_dir, phases=phase, resume=resume, on_event=on_event)
+        run = simulate(
+            cfg, run_dir, phases=phase, resume=resume, on_event=on_event, verbose=verbose
+        )
     console.print(f"run directory: [bold]{run.root}[/]")
     if (run.root / "results.json").is_file():
         console.print(results_table(run.root))

@@ -79,7 +79,7 @@ def check_resources(sim: SimulationConfig) -> None:
 
 @contextlib.contextmanager
 def ray_session(
-    sim: SimulationConfig, run_root: Path, data_root: Path, workers: int
+    sim: SimulationConfig, run_root: Path, data_root: Path, workers: int, verbose: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Ray connected for one run; yields the ``backend_config`` for Flower's ``run_simulation``.
 
@@ -87,7 +87,8 @@ def ray_session(
     ``address="local"``). Cluster: joins ``sim.ray_address`` and checks that every node that
     may host a client sees ``run_root`` and ``data_root``. The driver's account of it goes to
     the run log. Ray is disconnected afterwards whatever happens (Flower's backend does it at
-    the end of a run; this covers a run that fails before the backend exists).
+    the end of a run; this covers a run that fails before the backend exists). The workers'
+    output reaches the console only with ``verbose``; it is always in the run log.
     """
     log = run_log_path(run_root.absolute())
     runtime_env = {
@@ -97,7 +98,7 @@ def ray_session(
     with driver_log(log):
         try:
             if sim.ray_address:
-                with _joined(sim.ray_address, runtime_env, keep=True):
+                with _joined(sim.ray_address, runtime_env, keep=True, verbose=verbose):
                     _check_capacity(sim)
                     check_nodes_see(run_root.absolute(), data_root.absolute(), sim)
             else:
@@ -106,7 +107,7 @@ def ray_session(
                     num_cpus=workers,
                     include_dashboard=False,
                     logging_level=logging.WARNING,
-                    log_to_driver=False,  # worker logs go to the run log, not the console
+                    log_to_driver=verbose,  # worker logs: always in the run log
                     runtime_env=runtime_env,
                 )
                 _check_capacity(sim)
@@ -132,7 +133,9 @@ def worker_env(sim: SimulationConfig, run_log: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _joined(address: str, runtime_env: dict[str, Any], keep: bool = False) -> Iterator[None]:
+def _joined(
+    address: str, runtime_env: dict[str, Any], keep: bool = False, verbose: bool = False
+) -> Iterator[None]:
     """The driver connected to the cluster at ``address``; disconnected after unless ``keep``
     (then only on an error)."""
     _check_answers(address)
@@ -142,7 +145,7 @@ def _joined(address: str, runtime_env: dict[str, Any], keep: bool = False) -> It
             ray.init(
                 address=address,
                 logging_level=logging.WARNING,
-                log_to_driver=False,  # worker logs go to the run log, not the console
+                log_to_driver=verbose,  # worker logs: always in the run log
                 runtime_env=runtime_env,
             )
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -41,12 +41,13 @@ class _DropDeprecationNotice(logging.Filter):
         return "DEPRECATED FEATURE" not in record.getMessage()
 
 
-def quiet_runtime() -> None:
-    """Keep the terminal for fedpkt's progress: Flower warnings only, no weight-loading bars."""
+def quiet_runtime(verbose: bool = False) -> None:
+    """Keep the terminal for fedpkt's progress: Flower warnings only (its INFO lines too with
+    ``verbose``), no weight-loading bars."""
     import transformers
 
     flwr_logger = logging.getLogger("flwr")
-    flwr_logger.setLevel(logging.WARNING)
+    flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
     if not any(isinstance(f, _DropDeprecationNotice) for f in flwr_logger.filters):
         flwr_logger.addFilter(_DropDeprecationNotice())
     transformers.utils.logging.disable_progress_bar()
@@ -83,11 +84,12 @@ def simulate(
     on_event: Callable[[dict], None] | None = None,
     num_workers: int | None = None,
     client_mods: list[Mod] | None = None,
+    verbose: bool = False,
 ) -> RunDir:
     """Run phase 1 and/or phase 2 in Flower's Simulation Engine; returns the run directory."""
     if phases not in ("all", "source", "personalize"):
         raise FedpktError(f"phases='{phases}' is not one of all, source, personalize")
-    quiet_runtime()
+    quiet_runtime(verbose)
     check_resources(cfg.simulation)  # a GPU nothing can serve is refused before any write
     # Absolute paths: workers (on other machines, with --ray-address) get them as they are.
     run = RunDir(create_run_dir(cfg, run_dir).root.absolute())
@@ -110,7 +112,9 @@ def simulate(
         on_event=on_event,
         min_nodes=num_nodes,
     )
-    with ray_session(cfg.simulation, run.root, data_root, workers) as backend_config:
+    with ray_session(
+        cfg.simulation, run.root, data_root, workers, verbose=verbose
+    ) as backend_config:
         run_simulation(
             server_app=make_server_app(settings),
             client_app=make_client_app(client_defaults(cfg, run, data_root), client_mods),
