@@ -33,11 +33,16 @@ def baselines_command(
     cfg = resolve_config(config, overrides)
     settings = select_settings(only)  # fail on a bad --only before loading anything
     from fedpkt.model.positions import check_backbone_fits
+    from fedpkt.rundir import run_path
+    from fedpkt.runlock import hold_run_dir
     from sim.baselines import run_baselines  # heavy (torch, transformers): after validation
 
     check_backbone_fits(cfg)  # lengths beyond the backbone's position table: before any output
 
-    with task_progress() as progress:
+    with (
+        hold_run_dir(run_path(cfg, run_dir, prefix="baselines")) as root,
+        task_progress() as progress,
+    ):
         overall = progress.add_task("settings", total=len(settings), info="")
         current: dict[str, int] = {}
 
@@ -56,6 +61,6 @@ def baselines_command(
             elif kind == "setting_done":
                 progress.update(overall, advance=1, info=event["method"])
 
-        run = run_baselines(cfg, run_dir, only=only, on_event=on_event)
+        run = run_baselines(cfg, root, only=only, on_event=on_event)
     console.print(f"run directory: [bold]{run.root}[/]")
     console.print(results_table(run.root))

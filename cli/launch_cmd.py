@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+from fedpkt.config import FedpktConfig
+from fedpkt.rundir import run_path
+from fedpkt.runlock import hold_run_dir
+
+if TYPE_CHECKING:
+    from sim.launch import LaunchOptions
 
 from cli.common import (
     ConfigOption,
@@ -54,7 +62,7 @@ def launch_command(
     resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
 ) -> None:
     """Run PersonaPKT on a real Flower SuperLink and SuperNodes (one OS process each)."""
-    from sim.launch import LaunchOptions, launch, parse_gpus, parse_shard, validate_options
+    from sim.launch import LaunchOptions, parse_gpus, parse_shard, validate_options
 
     cfg = resolve_config(config, overrides)
     options = LaunchOptions(
@@ -78,6 +86,13 @@ def launch_command(
     from fedpkt.model.positions import check_backbone_fits
 
     check_backbone_fits(cfg)  # lengths beyond the backbone's position table: the same
+    with hold_run_dir(run_path(cfg, run_dir, prefix="launch")) as root:  # a live run: one line
+        _launch(cfg, options, root)
+
+
+def _launch(cfg: FedpktConfig, options: LaunchOptions, run_dir: Path) -> None:
+    from sim.launch import launch
+
     if options.join is not None:  # SuperNodes only: the progress shows on the SuperLink's side
         try:
             launch(cfg, options, run_dir, on_message=lambda text: console.print(text))

@@ -63,15 +63,18 @@ def simulate_command(
         },
     )
     from fedpkt.model.positions import check_backbone_fits
+    from fedpkt.rundir import run_path
+    from fedpkt.runlock import hold_run_dir
     from sim.ray_cluster import check_resources
     from sim.simulate import simulate  # heavy (Flower, Ray): imported once the config is valid
 
     check_resources(cfg.simulation)  # a GPU nothing serves: one line, before the progress bars
     check_backbone_fits(cfg)  # lengths beyond the backbone's position table: the same
-    with run_progress(cfg.phase1.rounds) as (_, on_event):
-        run = simulate(
-            cfg, run_dir, phases=phase, resume=resume, on_event=on_event, verbose=verbose
-        )
+    with (
+        hold_run_dir(run_path(cfg, run_dir)) as root,  # a live run's directory: one line
+        run_progress(cfg.phase1.rounds) as (_, on_event),
+    ):
+        run = simulate(cfg, root, phases=phase, resume=resume, on_event=on_event, verbose=verbose)
     console.print(f"run directory: [bold]{run.root}[/]")
     if (run.root / "results.json").is_file():
         console.print(results_table(run.root))

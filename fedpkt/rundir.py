@@ -116,6 +116,14 @@ def ensure_partitions(cfg: FedpktConfig, run: RunDir) -> Path:
     return root
 
 
+def run_path(cfg: FedpktConfig, run_dir: str | Path | None = None, prefix: str = "run") -> Path:
+    """``run_dir``, or a new ``<run_root>/<prefix>-<stamp>-s<seed>`` when None."""
+    if run_dir is not None:
+        return Path(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.run_root) / f"{prefix}-{stamp}-s{cfg.seed}"
+
+
 def create_run_dir(
     cfg: FedpktConfig, run_dir: str | Path | None = None, prefix: str = "run"
 ) -> RunDir:
@@ -128,10 +136,7 @@ def create_run_dir(
     from fedpkt.model.positions import check_backbone_fits  # torch/transformers: only here
 
     check_backbone_fits(cfg)
-    if run_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.run_root) / f"{prefix}-{stamp}-s{cfg.seed}"
-    run = RunDir(Path(run_dir))
+    run = RunDir(run_path(cfg, run_dir, prefix))
     if run.root.exists() and not run.root.is_dir():
         raise FedpktError(f"run directory '{run.root}' exists and is not a directory")
     text = config_to_toml(cfg)

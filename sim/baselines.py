@@ -54,7 +54,8 @@ from fedpkt.model.backbone_info import backbone_num_params
 from fedpkt.model.prefix import prefix_shape_for, stored_params
 from fedpkt.personalize import PersonaFailure, PersonaTask, personalize_cohort
 from fedpkt.report import ResultRow, read_results, write_report, write_results
-from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
+from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions, run_path
+from fedpkt.runlock import hold_run_dir
 from fedpkt.train.finetune import trainable_copy
 from fedpkt.train.loop import evaluate_loss
 
@@ -241,7 +242,14 @@ def run_baselines(
     events, and ``setting_done``; each also goes to ``metrics.jsonl`` tagged with the setting.
     """
     settings = select_settings(only)
-    run = create_run_dir(cfg, run_dir, prefix="baselines")
+    with hold_run_dir(run_path(cfg, run_dir, prefix="baselines")) as root:
+        return _run_baselines(cfg, root, settings, on_event)
+
+
+def _run_baselines(
+    cfg: FedpktConfig, root: Path, settings: list[Setting], on_event: EventFn | None
+) -> RunDir:
+    run = create_run_dir(cfg, root)
     cohort = open_cohort(cfg, ensure_partitions(cfg, run))
     if not cohort.targets:
         raise FedpktError(f"run '{run.root}' has 0 Part B/C clients to evaluate; expected some")

@@ -47,7 +47,8 @@ from fedpkt.atomic import atomic_write_text
 from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_manifest
 from fedpkt.errors import FedpktError
-from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
+from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions, run_path
+from fedpkt.runlock import hold_run_dir
 from sim.certs import (
     TlsFiles,
     ensure_certificates,
@@ -521,7 +522,18 @@ def launch(
     this returns or raises. Returns the run directory (``report.md``, ``results.json``, ...).
     """
     validate_options(options)
-    run = create_run_dir(cfg, run_dir, prefix="launch")
+    with hold_run_dir(run_path(cfg, run_dir, prefix="launch")) as root:
+        return _launch(cfg, options, root, on_event, on_message)
+
+
+def _launch(
+    cfg: FedpktConfig,
+    options: LaunchOptions,
+    root: Path,
+    on_event: Callable[[Event], None] | None,
+    on_message: Callable[[str], None] | None,
+) -> RunDir:
+    run = create_run_dir(cfg, root)
     data_root = ensure_partitions(cfg, run)
     client_ids = [entry["client_id"] for entry in load_manifest(data_root)["clients"]]
     plans = plan_nodes(client_ids, options)

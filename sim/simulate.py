@@ -28,7 +28,8 @@ from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import load_backbone, load_backbone_from_config
 from fedpkt.privacy.exposure import client_canaries, exposure_markdown, exposure_table
 from fedpkt.report import append_section
-from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
+from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions, run_path
+from fedpkt.runlock import hold_run_dir
 from server.app import ServerSettings, make_server_app
 from sim.ray_cluster import check_resources, ray_session
 
@@ -91,8 +92,26 @@ def simulate(
         raise FedpktError(f"phases='{phases}' is not one of all, source, personalize")
     quiet_runtime(verbose)
     check_resources(cfg.simulation)  # a GPU nothing can serve is refused before any write
+    # One run directory, one run: the lock comes before anything is written there.
+    with hold_run_dir(run_path(cfg, run_dir)) as root:
+        return _simulate(
+            cfg, root, phases, resume, method, on_event, num_workers, client_mods, verbose
+        )
+
+
+def _simulate(
+    cfg: FedpktConfig,
+    root: Path,
+    phases: str,
+    resume: bool,
+    method: str | None,
+    on_event: Callable[[dict], None] | None,
+    num_workers: int | None,
+    client_mods: list[Mod] | None,
+    verbose: bool,
+) -> RunDir:
     # Absolute paths: workers (on other machines, with --ray-address) get them as they are.
-    run = RunDir(create_run_dir(cfg, run_dir).root.absolute())
+    run = RunDir(create_run_dir(cfg, root).root.absolute())
     data_root = ensure_partitions(cfg, run).absolute()
     num_clients = len(load_manifest(data_root)["clients"])
     # Build/resolve the backbone here, once, so that simulation workers only load it.
