@@ -7,10 +7,12 @@ rejected with one line that names the dotted key, the value given and what was e
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 from pydantic import (
@@ -21,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from fedpkt.errors import FedpktError
 
@@ -28,10 +31,30 @@ from fedpkt.errors import FedpktError
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class _Section(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
+# The largest seed: a TOML integer (config.toml is TOML) and a valid torch seed.
+MAX_SEED = 2**63 - 1
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,3})$")
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+def _device_text(key: str, value: str) -> str:
+    """A device string of the form fedpkt accepts (whether it exists is checked at run time)."""
+    text = value.strip().lower()
+    if not _DEVICE.match(text):
+        raise ValueError(f"{key}='{value}' is not a device; expected auto, cpu, cuda or cuda:N")
+    return text
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated.
+
+    Strict types: an integer field takes an integer only (not ``true``, not ``1e3``, not
+    ``"3"``), a number field a finite number (``inf`` and ``nan`` are refused), a switch
+    ``true`` or ``false``. Every numeric field has a documented range (``ge``/``le``).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, strict=True, allow_inf_nan=False
+    )
 
 
 class BackboneConfig(_Section):
@@ -47,6 +70,20 @@ class BackboneConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Backbone compute dtype; prefixes are always trained in float32."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "backbone.name is empty; expected 'embedded', a hub id or a model directory"
+            )
+        return value.strip()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return _device_text("backbone.device", value)
 
 
 PersonachatVariant = Literal["self_original", "self_revised", "both_original", "both_revised"]
@@ -88,7 +125,10 @@ class DataConfig(_Section):
     )
     max_length: int = Field(128, ge=16, le=4096, description="Max tokens of prompt+response.")
     few_shot_threshold: int = Field(
-        6, ge=2, description="Personas with fewer dialogues than this are few-shot (Part C)."
+        6,
+        ge=2,
+        le=1000,
+        description="Personas with fewer dialogues than this are few-shot (Part C).",
     )
     part_b_fraction: float = Field(
         0.2846,
@@ -96,16 +136,22 @@ class DataConfig(_Section):
         lt=1.0,
         description="Share of regular personas set aside as Part B (300 of 1054 in the paper).",
     )
-    canaries: int = Field(0, ge=0, description="Canary sentences planted per Part A client.")
+    canaries: int = Field(
+        0, ge=0, le=10000, description="Canary sentences planted per Part A client."
+    )
 
 
 class PrefixConfig(_Section):
     num_virtual_tokens: int = Field(8, ge=1, le=512, description="m: prefix length in tokens.")
     projection_hidden: int = Field(
-        512, ge=1, description="k: hidden size of Li & Liang's reparameterisation MLP."
+        512,
+        ge=1,
+        le=8192,
+        description="k: hidden size of Li & Liang's reparameterisation MLP (its size is also "
+        "checked against this machine's memory before a run starts).",
     )
     init_std: float = Field(
-        0.02, gt=0.0, description="Std of the random init of the prefix embedding."
+        0.02, gt=0.0, le=10.0, description="Std of the random init of the prefix embedding."
     )
 
 
@@ -116,37 +162,60 @@ class Phase1Config(_Section):
     sampling: Literal["uniform", "temperature"] = Field(
         "uniform", description="Client sampling: uniform, or p_i proportional to n_i^(1/T)."
     )
-    temperature: float = Field(10.0, gt=0.0, description="T of temperature-scaled mixing.")
-    rounds: int = Field(20, ge=1, description="Federated rounds (outer iterations).")
-    clients_per_round: int = Field(4, ge=1, description="b_out: clients sampled per round.")
-    min_clients: int = Field(
-        1, ge=1, description="A round succeeds while at least this many clients reply validly."
+    temperature: float = Field(
+        10.0, gt=0.0, le=1000.0, description="T of temperature-scaled mixing."
     )
-    inner_steps: int = Field(5, ge=1, description="k: local SGD steps per client and round.")
-    inner_lr: float = Field(1e-4, gt=0.0, description="alpha: inner (client) SGD learning rate.")
-    inner_batch_size: int = Field(2, ge=1, description="b_in: inner-loop batch size.")
-    outer_lr: float = Field(3e-5, gt=0.0, description="beta: outer (server) learning rate.")
+    rounds: int = Field(20, ge=1, le=100_000, description="Federated rounds (outer iterations).")
+    clients_per_round: int = Field(
+        4, ge=1, le=100_000, description="b_out: clients sampled per round."
+    )
+    min_clients: int = Field(
+        1,
+        ge=1,
+        le=100_000,
+        description="A round succeeds while at least this many clients reply validly.",
+    )
+    inner_steps: int = Field(
+        5, ge=1, le=100_000, description="k: local SGD steps per client and round."
+    )
+    inner_lr: float = Field(
+        1e-4, gt=0.0, le=10.0, description="alpha: inner (client) SGD learning rate."
+    )
+    inner_batch_size: int = Field(2, ge=1, le=4096, description="b_in: inner-loop batch size.")
+    outer_lr: float = Field(
+        3e-5, gt=0.0, le=10.0, description="beta: outer (server) learning rate."
+    )
     server_optimizer: Literal["sgd", "adam"] = Field(
         "adam",
         description="How the pseudo-gradient theta - mean(W_i) is applied: plain Reptile step "
         "(sgd) or Adam as in FedOpt (the reading under which beta=3e-5 is sensible).",
     )
-    eval_clients: int = Field(4, ge=0, description="Clients sampled for federated validation.")
-    client_timeout_s: float = Field(600.0, gt=0.0, description="Per-round reply timeout.")
+    eval_clients: int = Field(
+        4, ge=0, le=100_000, description="Clients sampled for federated validation."
+    )
+    client_timeout_s: float = Field(
+        600.0, gt=0.0, le=604_800.0, description="Per-round reply timeout (at most a week)."
+    )
 
 
 class Phase2Config(_Section):
     init: Literal["source", "random"] = Field(
         "source", description="Personalized prefix init: the source prefix, or random."
     )
-    lr: float = Field(5e-3, gt=0.0, description="AdamW learning rate.")
-    batch_size: int = Field(4, ge=1, description="Training batch size.")
-    max_epochs: int = Field(10, ge=1, description="Epoch cap; early stopping usually ends sooner.")
-    patience: int = Field(2, ge=1, description="Epochs without validation improvement to stop.")
+    lr: float = Field(5e-3, gt=0.0, le=10.0, description="AdamW learning rate.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Training batch size.")
+    max_epochs: int = Field(
+        10, ge=1, le=10_000, description="Epoch cap; early stopping usually ends sooner."
+    )
+    patience: int = Field(
+        2, ge=1, le=10_000, description="Epochs without validation improvement to stop."
+    )
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Linear-schedule warmup share.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
-    max_clients: int = Field(0, ge=0, description="Personalize at most this many B/C clients.")
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="Gradient clipping norm.")
+    max_clients: int = Field(
+        0, ge=0, le=10_000_000, description="Personalize at most this many B/C clients."
+    )
     cohort_size: int = Field(
         0,
         ge=0,
@@ -167,16 +236,17 @@ class Phase2Config(_Section):
     finetune_lr: float = Field(
         5e-5,
         gt=0.0,
+        le=10.0,
         description="AdamW learning rate of the full fine-tuning baselines (whole model, so "
         "far below the prefix lr); batch size, epochs and patience are shared with prefixes.",
     )
 
 
 class GenerationConfig(_Section):
-    num_beams: int = Field(5, ge=1, description="Beam size (5 in the paper).")
-    max_new_tokens: int = Field(24, ge=1, description="Longest generated response.")
-    length_penalty: float = Field(1.0, description="Beam-search length penalty.")
-    no_repeat_ngram_size: int = Field(3, ge=0, description="0 disables the n-gram block.")
+    num_beams: int = Field(5, ge=1, le=64, description="Beam size (5 in the paper).")
+    max_new_tokens: int = Field(24, ge=1, le=4096, description="Longest generated response.")
+    length_penalty: float = Field(1.0, ge=-10.0, le=10.0, description="Beam-search length penalty.")
+    no_repeat_ngram_size: int = Field(3, ge=0, le=64, description="0 disables the n-gram block.")
 
 
 class EvalConfig(_Section):
@@ -187,31 +257,42 @@ class EvalConfig(_Section):
     )
     nli_model: str = Field("", description="HF sequence-classification NLI model (dir or id).")
     nli_batch_size: int = Field(
-        32, ge=1, description="(response, persona sentence) pairs per NLI model forward pass."
+        32,
+        ge=1,
+        le=4096,
+        description="(response, persona sentence) pairs per NLI model forward pass.",
     )
     nli_device: str = Field("auto", description="NLI model device: 'auto', 'cpu', 'cuda:N'.")
+
+    @field_validator("nli_device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return _device_text("eval.nli_device", value)
 
 
 class DPConfig(_Section):
     enabled: bool = Field(False, description="DP-SGD (opacus) on client prefix training.")
-    epsilon: float = Field(8.0, gt=0.0, description="Target epsilon per client.")
+    epsilon: float = Field(8.0, gt=0.0, le=1e6, description="Target epsilon per client.")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="Target delta.")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Per-example clipping norm.")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="Per-example clipping norm.")
     client_dp: Literal["off", "fixed", "adaptive"] = Field(
         "off",
         description="Client-level DP on phase 1: Flower's server-side fixed/adaptive clipping.",
     )
     client_dp_noise: float = Field(
-        1.0, gt=0.0, description="z: Gaussian noise multiplier of client-level DP."
+        1.0, gt=0.0, le=1000.0, description="z: Gaussian noise multiplier of client-level DP."
     )
     client_dp_clip: float = Field(
-        0.1, gt=0.0, description="C: clipping norm of W_i - θ (adaptive: its initial value)."
+        0.1,
+        gt=0.0,
+        le=1e6,
+        description="C: clipping norm of W_i - θ (adaptive: its initial value).",
     )
     client_dp_target_quantile: float = Field(
         0.5, ge=0.0, le=1.0, description="Adaptive clipping: share of updates left unclipped."
     )
     client_dp_clip_lr: float = Field(
-        0.2, gt=0.0, description="Adaptive clipping: geometric learning rate of C."
+        0.2, gt=0.0, le=10.0, description="Adaptive clipping: geometric learning rate of C."
     )
 
 
@@ -239,7 +320,10 @@ class PrivacyConfig(_Section):
         0.67, gt=0.0, le=1.0, description="SecAgg+ shares needed to rebuild a key (fraction)."
     )
     secagg_clipping_range: float = Field(
-        1.0, gt=0.0, description="SecAgg+ quantizes each W_i - θ entry within ±this value."
+        1.0,
+        gt=0.0,
+        le=1e6,
+        description="SecAgg+ quantizes each W_i - θ entry within ±this value.",
     )
 
 
@@ -289,7 +373,12 @@ class SimulationConfig(_Section):
 class FedpktConfig(_Section):
     """The whole resolved configuration of one run."""
 
-    seed: int = Field(0, ge=0, description="Seeds every RNG: data, init, sampling, training.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seeds every RNG: data, init, sampling, training (0 to 2^63-1).",
+    )
     run_root: str = Field("runs", description="Directory under which run directories are made.")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -333,6 +422,71 @@ class FedpktConfig(_Section):
         return self
 
 
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as ``fedpkt config keys`` lists it."""
+
+    key: str
+    kind: str  # "integer", "number", "true/false", "text" or the allowed values
+    low: str  # "" when the key is not numeric
+    high: str
+    default: Any
+    help: str
+
+    @property
+    def range(self) -> str:
+        return f"{self.low} .. {self.high}" if self.low or self.high else ""
+
+
+def _number_text(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _bounds(info: FieldInfo) -> tuple[str, str]:
+    """The (low, high) ends of a field's range from its ``ge``/``gt``/``le``/``lt``."""
+    low = high = ""
+    for item in info.metadata:
+        for name, side, mark in (("ge", 0, ""), ("gt", 0, "> "), ("le", 1, ""), ("lt", 1, "< ")):
+            value = getattr(item, name, None)
+            if value is None:
+                continue
+            if side == 0:
+                low = mark + _number_text(value)
+            else:
+                high = mark + _number_text(value)
+    return low, high
+
+
+def _kind(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return " | ".join(str(v) for v in get_args(annotation))
+    return {int: "integer", float: "number", bool: "true/false", str: "text"}.get(
+        annotation, str(annotation)
+    )
+
+
+def config_keys(model: type[BaseModel] = FedpktConfig, prefix: str = "") -> list[KeyDoc]:
+    """Every key of the config (dotted), with its type, range, default and help text."""
+    docs: list[KeyDoc] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            docs += config_keys(annotation, f"{prefix}{name}.")
+            continue
+        low, high = _bounds(info)
+        docs.append(
+            KeyDoc(
+                f"{prefix}{name}",
+                _kind(annotation),
+                low,
+                high,
+                info.default,
+                info.description or "",
+            )
+        )
+    return docs
+
+
 def privacy_mechanisms(config: Mapping[str, Any]) -> list[str]:
     """Short labels of the privacy mechanisms a config turns on ([] for none).
 
@@ -363,10 +517,22 @@ def run_method_name(config: FedpktConfig) -> str:
     return f"{setting} (" + ", ".join(["federated", *privacy_mechanisms(config.model_dump())]) + ")"
 
 
+# What a strict-type refusal says instead of pydantic's terse "Input should be ...".
+_EXPECTED = {
+    "int_type": "expected an integer (such as 3; not true, 3.0 or 1e3)",
+    "float_type": "expected a number (such as 0.5; not true)",
+    "finite_number": "expected a finite number (not inf or nan)",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string in quotes",
+    "dict_type": "expected a section (a TOML table)",
+    "model_type": "expected a section (a TOML table)",
+}
+
+
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "config"
-    msg = first["msg"]
+    msg = _EXPECTED.get(first["type"], first["msg"].replace("Input should be", "expected"))
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
     if "input" in first and first["type"] != "value_error":

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from fedpkt.config import PRESET_DIR, config_to_toml, load_config, load_config_text
+from fedpkt.config import (
+    MAX_SEED,
+    PRESET_DIR,
+    config_keys,
+    config_to_toml,
+    load_config,
+    load_config_text,
+)
 from fedpkt.errors import FedpktError
 
 runner = CliRunner()
@@ -54,6 +63,23 @@ BAD_OVERRIDES = [
     (["data.source='personachat'"], "data.path"),
     (["dp.delta=2"], "dp.delta"),
     (["phase1.rounds"], "section.key=value"),
+    # Issue 16 §2: the right type, finite, in range.
+    (["phase1.rounds=true"], "expected an integer"),
+    (["phase1.rounds=1e3"], "expected an integer"),
+    (["phase1.rounds='3'"], "expected an integer"),
+    (["dp.enabled=1"], "expected true or false"),
+    (["phase1.inner_lr=inf"], "expected a finite number"),
+    (["prefix.init_std=inf"], "prefix.init_std"),
+    (["phase1.client_timeout_s=inf"], "phase1.client_timeout_s"),
+    (["generation.length_penalty=nan"], "expected a finite number"),
+    (["generation.length_penalty=-inf"], "generation.length_penalty"),
+    ([f"seed={MAX_SEED + 1}"], "seed"),
+    (["seed=-1"], "seed"),
+    (["prefix.projection_hidden=1000000000"], "prefix.projection_hidden"),
+    (["backbone.device='banana'"], "backbone.device"),
+    (["eval.nli_device='gpu'"], "eval.nli_device"),
+    (["backbone.name=''"], "backbone.name"),
+    (["phase1=3"], "expected a section"),
 ]
 
 
@@ -64,6 +90,34 @@ def test_bad_values_give_one_line_naming_the_key(overrides: list[str], named: st
     message = str(err.value)
     assert "\n" not in message
     assert named in message
+
+
+def test_every_numeric_key_has_a_documented_range() -> None:
+    numeric = [doc for doc in config_keys() if doc.kind in ("integer", "number")]
+    assert len(numeric) > 40
+    unbounded = [doc.key for doc in numeric if not (doc.low and doc.high)]
+    assert unbounded == []
+
+
+def test_a_nan_config_value_is_refused_by_the_real_cli_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    # Before issue 16, a NaN length penalty ran to the end with exit code 0.
+    args = ["simulate", "--set", "generation.length_penalty=nan"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2
+    assert lines == [
+        "error: config key 'generation.length_penalty' = nan: expected a finite number "
+        "(not inf or nan)"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_malformed_toml_file_is_named(tmp_path: Path) -> None:
