@@ -7,12 +7,15 @@ Exit codes: 0 clean, 1 violation (``audit.json``/``audit.md`` name every finding
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from cli.common import console, exits_cleanly
-from fedpkt.privacy.audit import AuditReport, audit_run, write_audit
+
+if TYPE_CHECKING:  # the audit imports torch and opacus: loaded only when it runs
+    from fedpkt.privacy.audit import AuditReport
 
 MAX_ROWS = 20
 
@@ -34,6 +37,8 @@ def audit_command(
     run: Path = typer.Argument(..., help="The run directory to audit (holds egress/)."),
 ) -> None:
     """Check every message the clients sent against the privacy contract and their own data."""
+    from fedpkt.privacy.audit import audit_run, write_audit
+
     report = audit_run(run)
     json_path, md_path = write_audit(run, report)
     colour = "green" if report.verdict == "clean" else "bold red"

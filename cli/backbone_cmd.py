@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from cli.common import ConfigOption, SetOption, console, exits_cleanly, resolve_config
-from fedpkt.model.backbone import Backbone, load_backbone_from_config
-from fedpkt.model.embedded import (
-    PerplexityReport,
-    ensure_embedded,
-    get_recipe,
-    perplexity_report,
-    read_build_info,
-)
+
+if TYPE_CHECKING:  # torch and transformers: loaded only when a backbone command runs
+    from fedpkt.model.backbone import Backbone
+    from fedpkt.model.embedded import PerplexityReport
 
 app = typer.Typer(
     help="The frozen backbone: build the embedded one, or describe any (embedded, dir, hub id).",
@@ -37,6 +34,8 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild even if it is already cached."),
 ) -> None:
     """Build the embedded backbone into the cache (once; later calls reuse it)."""
+    from fedpkt.model.embedded import ensure_embedded, get_recipe, read_build_info
+
     get_recipe(size)  # a bad size fails before any work
     path = ensure_embedded(size, force=force, progress=True)
     record = read_build_info(path) or {}
@@ -61,6 +60,9 @@ def info(
     overrides: list[str] | None = SetOption,
 ) -> None:
     """Parameters, shape, fingerprint, path and held-out perplexity next to a unigram baseline."""
+    from fedpkt.model.backbone import load_backbone_from_config
+    from fedpkt.model.embedded import get_recipe, perplexity_report
+
     cfg = resolve_config(
         config, overrides, {"backbone.name": backbone, "backbone.embedded_size": size}
     )
@@ -72,6 +74,8 @@ def info(
 
 
 def _info_table(backbone: Backbone, report: PerplexityReport, dtype: str) -> Table:
+    from fedpkt.model.embedded import read_build_info
+
     config = backbone.text_config
     table = _two_columns(f"backbone {backbone.name}")
     table.add_row("path", str(backbone.path))

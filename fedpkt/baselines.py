@@ -18,14 +18,14 @@ This module never imports Flower.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedpkt.baseline_settings import ContextKind
 from fedpkt.config import FedpktConfig
 from fedpkt.data.encoding import EncodedExample, encode_example, render_history, render_target
 from fedpkt.data.schema import Example, Persona, Split, Utterance
@@ -42,59 +42,6 @@ from fedpkt.train.inner_loop import sgd_inner_steps_model
 from fedpkt.train.loop import ProgressFn, TrainResult, evaluate_loss
 
 Arrays = dict[str, np.ndarray]
-ContextKind = Literal["none", "description", "persona_id"]
-Family = Literal["finetune", "reptile", "prefix"]
-
-
-# --- the eight settings ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One row of the paper's Table 2: how it trains and what a persona looks like to it.
-
-    ``strategy`` is the phase-1 strategy of a PersonaPKT row (None: no source prefix, the
-    personalized prefix starts random); ``context`` only matters for fine-tuning rows.
-    """
-
-    key: str
-    method: str
-    family: Family
-    context: ContextKind = "none"
-    strategy: str | None = None
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("persona-ft", "Persona + Fine-tuning", "finetune", context="description"),
-    Setting("ft", "Fine-tuning", "finetune"),
-    Setting("persona-id-ft", "Persona_id + Fine-tuning", "finetune", context="persona_id"),
-    Setting("reptile-ft", "Reptile + Fine-tuning", "reptile"),
-    Setting("rand-prefix", "Rand init + Prefix-tuning", "prefix"),
-    Setting("pkt-base", "PersonaPKT (base)", "prefix", strategy="base"),
-    Setting("pkt-temperature", "PersonaPKT (temperature)", "prefix", strategy="temperature"),
-    Setting("pkt-ppreptile", "PersonaPKT (PPReptile)", "prefix", strategy="ppreptile"),
-)
-SETTING_KEYS: tuple[str, ...] = tuple(s.key for s in SETTINGS)
-
-
-def select_settings(only: str | Iterable[str] | None = None) -> list[Setting]:
-    """The settings named in ``only`` (keys, comma-separated or a list), in Table 2 order.
-
-    None or empty: all eight. An unknown name is an error naming the known keys.
-    """
-    if only is None:
-        return list(SETTINGS)
-    names = only.split(",") if isinstance(only, str) else list(only)
-    wanted = {name.strip() for name in names if name.strip()}
-    if not wanted:
-        return list(SETTINGS)
-    unknown = sorted(wanted - set(SETTING_KEYS))
-    if unknown:
-        raise FedpktError(
-            f"baseline setting(s) {', '.join(unknown)} unknown; expected some of "
-            f"{', '.join(SETTING_KEYS)}"
-        )
-    return [s for s in SETTINGS if s.key in wanted]
 
 
 # --- persona context in the prompt ------------------------------------------------------------

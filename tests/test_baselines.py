@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from fedpkt.baseline_settings import SETTING_KEYS, select_settings
 from fedpkt.baselines import (
-    SETTING_KEYS,
     context_prompt,
     encode_with_context,
     load_model_arrays,
@@ -19,7 +19,6 @@ from fedpkt.baselines import (
     persona_context,
     persona_numbers,
     phase2_targets,
-    select_settings,
 )
 from fedpkt.data.encoding import encode_example
 from fedpkt.data.schema import Example, Persona, Utterance

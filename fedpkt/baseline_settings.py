@@ -1,0 +1,64 @@
+"""The paper's eight centralized Table 2 settings: their keys, names and how each trains.
+
+Apart from ``fedpkt.baselines`` (which runs them, with torch) so that the CLI can name and
+check ``--only`` without loading a model library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from fedpkt.errors import FedpktError
+
+ContextKind = Literal["none", "description", "persona_id"]
+Family = Literal["finetune", "reptile", "prefix"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the paper's Table 2: how it trains and what a persona looks like to it.
+
+    ``strategy`` is the phase-1 strategy of a PersonaPKT row (None: no source prefix, the
+    personalized prefix starts random); ``context`` only matters for fine-tuning rows.
+    """
+
+    key: str
+    method: str
+    family: Family
+    context: ContextKind = "none"
+    strategy: str | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("persona-ft", "Persona + Fine-tuning", "finetune", context="description"),
+    Setting("ft", "Fine-tuning", "finetune"),
+    Setting("persona-id-ft", "Persona_id + Fine-tuning", "finetune", context="persona_id"),
+    Setting("reptile-ft", "Reptile + Fine-tuning", "reptile"),
+    Setting("rand-prefix", "Rand init + Prefix-tuning", "prefix"),
+    Setting("pkt-base", "PersonaPKT (base)", "prefix", strategy="base"),
+    Setting("pkt-temperature", "PersonaPKT (temperature)", "prefix", strategy="temperature"),
+    Setting("pkt-ppreptile", "PersonaPKT (PPReptile)", "prefix", strategy="ppreptile"),
+)
+SETTING_KEYS: tuple[str, ...] = tuple(s.key for s in SETTINGS)
+
+
+def select_settings(only: str | Iterable[str] | None = None) -> list[Setting]:
+    """The settings named in ``only`` (keys, comma-separated or a list), in Table 2 order.
+
+    None or empty: all eight. An unknown name is an error naming the known keys.
+    """
+    if only is None:
+        return list(SETTINGS)
+    names = only.split(",") if isinstance(only, str) else list(only)
+    wanted = {name.strip() for name in names if name.strip()}
+    if not wanted:
+        return list(SETTINGS)
+    unknown = sorted(wanted - set(SETTING_KEYS))
+    if unknown:
+        raise FedpktError(
+            f"baseline setting(s) {', '.join(unknown)} unknown; expected some of "
+            f"{', '.join(SETTING_KEYS)}"
+        )
+    return [s for s in SETTINGS if s.key in wanted]
