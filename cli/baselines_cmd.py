@@ -15,7 +15,7 @@ from cli.common import (
     results_table,
     task_progress,
 )
-from fedpkt.baselines import SETTING_KEYS, select_settings
+from fedpkt.baseline_settings import SETTING_KEYS, select_settings
 
 
 @exits_cleanly
@@ -32,17 +32,11 @@ def baselines_command(
     """Run the paper's eight settings centrally (fine-tuning baselines and PersonaPKT)."""
     cfg = resolve_config(config, overrides)
     settings = select_settings(only)  # fail on a bad --only before loading anything
-    from fedpkt.model.positions import check_backbone_fits
-    from fedpkt.rundir import run_path
     from fedpkt.runlock import hold_run_dir
-    from sim.baselines import run_baselines  # heavy (torch, transformers): after validation
+    from sim.baselines import check_baselines, run_baselines  # heavy: after validation
 
-    check_backbone_fits(cfg)  # lengths beyond the backbone's position table: before any output
-
-    with (
-        hold_run_dir(run_path(cfg, run_dir, prefix="baselines")) as root,
-        task_progress() as progress,
-    ):
+    root = check_baselines(cfg, run_dir)  # one line, before any progress display or file
+    with hold_run_dir(root), task_progress() as progress:
         overall = progress.add_task("settings", total=len(settings), info="")
         current: dict[str, int] = {}
 

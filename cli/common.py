@@ -49,14 +49,24 @@ def exits_cleanly(func: F) -> F:
 
 
 def resolve_config(
-    config: Path | None, overrides: list[str] | None, flags: dict[str, Any] | None = None
+    config: Path | None,
+    overrides: list[str] | None,
+    flags: dict[str, Any] | None = None,
+    *,
+    resume_dir: Path | None = None,
 ) -> FedpktConfig:
     """preset/file < ``--set`` overrides < dedicated flags (dotted keys; None = unset).
 
-    Without ``--config`` the embedded preset applies: the default run is the embedded one.
+    Without ``--config`` the embedded preset applies: the default run is the embedded one,
+    except when resuming (``resume_dir``: the ``--run-dir`` of ``--resume``), where the run's
+    own ``config.toml`` is the base, so that ``--resume`` alone continues the run as it was
+    and ``--set`` changes only the keys it names.
     """
     values = {key: value for key, value in (flags or {}).items() if value is not None}
-    return load_config(config or DEFAULT_PRESET, overrides, values)
+    base: Path | str = config or DEFAULT_PRESET
+    if config is None and resume_dir is not None and (resume_dir / "config.toml").is_file():
+        base = resume_dir / "config.toml"
+    return load_config(base, overrides, values)
 
 
 def results_table(run_dir: Path) -> Table:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import typer
 
 from fedpkt.config import FedpktConfig
-from fedpkt.rundir import run_path
 from fedpkt.runlock import hold_run_dir
 
 if TYPE_CHECKING:
@@ -62,9 +61,9 @@ def launch_command(
     resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
 ) -> None:
     """Run PersonaPKT on a real Flower SuperLink and SuperNodes (one OS process each)."""
-    from sim.launch import LaunchOptions, parse_gpus, parse_shard, validate_options
+    from sim.launch import LaunchOptions, check_launch, parse_gpus, parse_shard
 
-    cfg = resolve_config(config, overrides)
+    cfg = resolve_config(config, overrides, resume_dir=run_dir if resume else None)
     options = LaunchOptions(
         supernodes=supernodes,
         gpus=parse_gpus(gpus),
@@ -82,11 +81,8 @@ def launch_command(
         phases=phase,
         resume=resume,
     )
-    validate_options(options)  # bad flags: one line, before any progress display or file
-    from fedpkt.model.positions import check_backbone_fits
-
-    check_backbone_fits(cfg)  # lengths beyond the backbone's position table: the same
-    with hold_run_dir(run_path(cfg, run_dir, prefix="launch")) as root:  # a live run: one line
+    root = check_launch(cfg, options, run_dir)  # one line, before any progress display or file
+    with hold_run_dir(root):  # a live run's directory: one line
         _launch(cfg, options, root)
 
 

@@ -29,7 +29,8 @@ def simulate_command(
         False,
         "--resume",
         help="Continue a stopped run: phase 1 from its last checkpoint, then phase 2 for the "
-        "personas that have no result yet.",
+        "personas that have no result yet. Its config.toml is the base (--set changes keys "
+        "that do not change results, such as phase1.client_timeout_s).",
     ),
     init: str | None = typer.Option(None, "--init", help="Phase-2 init: source or random."),
     strategy: str | None = typer.Option(None, "--strategy", help="ppreptile, base, temperature."),
@@ -61,19 +62,14 @@ def simulate_command(
             "simulation.gpus_per_client": gpus_per_client,
             "simulation.ray_address": ray_address,
         },
+        resume_dir=run_dir if resume else None,
     )
-    from fedpkt.model.positions import check_backbone_fits
-    from fedpkt.rundir import run_path
     from fedpkt.runlock import hold_run_dir
-    from sim.ray_cluster import check_resources
-    from sim.simulate import simulate  # heavy (Flower, Ray): imported once the config is valid
+    from sim.simulate import check_simulate, simulate  # heavy (Flower, Ray): config is valid
 
-    check_resources(cfg.simulation)  # a GPU nothing serves: one line, before the progress bars
-    check_backbone_fits(cfg)  # lengths beyond the backbone's position table: the same
-    with (
-        hold_run_dir(run_path(cfg, run_dir)) as root,  # a live run's directory: one line
-        run_progress(cfg.phase1.rounds) as (_, on_event),
-    ):
+    # Every check that needs no write, before the run directory, its lock or the progress bars.
+    root = check_simulate(cfg, run_dir, phases=phase, resume=resume)
+    with hold_run_dir(root), run_progress(cfg.phase1.rounds) as (_, on_event):
         run = simulate(cfg, root, phases=phase, resume=resume, on_event=on_event, verbose=verbose)
     console.print(f"run directory: [bold]{run.root}[/]")
     if (run.root / "results.json").is_file():

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpkt.atomic import atomic_write_text
-from fedpkt.config import FedpktConfig, config_to_toml, load_config
-from fedpkt.errors import FedpktError
+from fedpkt.config import FedpktConfig, config_to_toml, load_config, tomllib
+from fedpkt.errors import FedpktError, os_error
 
 
 @dataclass(frozen=True)
@@ -124,28 +124,176 @@ def run_path(cfg: FedpktConfig, run_dir: str | Path | None = None, prefix: str =
     return Path(cfg.run_root) / f"{prefix}-{stamp}-s{cfg.seed}"
 
 
-def create_run_dir(
-    cfg: FedpktConfig, run_dir: str | Path | None = None, prefix: str = "run"
-) -> RunDir:
-    """Make (or reuse, for resume) a run directory and write the resolved config into it.
+# Keys that say how a run executes, not what it computes: a run resumed with ``--resume`` may
+# change them (a longer client timeout, fewer clients a round needs, other workers or GPUs).
+RESUMABLE_KEYS = frozenset(
+    {
+        "run_root",
+        "backbone.device",
+        "phase1.client_timeout_s",
+        "phase1.min_clients",
+        "phase2.cohort_size",
+        "phase2.personas_per_message",
+        "eval.nli_device",
+        "eval.nli_batch_size",
+        "privacy.record_payloads",
+        "simulation.clients_per_node",
+        "simulation.workers",
+        "simulation.gpus_per_client",
+        "simulation.ray_address",
+    }
+)
+# Keys that shape the client partitions a run prepares into its own data/.
+_DATA_KEYS = ("seed", "data.source", "data.scale", "data.path", "data.few_shot_threshold")
+_DATA_KEYS += ("data.part_b_fraction", "data.canaries", "data.personachat_variant")
+_DATA_KEYS += ("data.revision", "data.data_dir")
+WORK_EVENTS = frozenset({"round", "client", "phase1_skipped", "setting_done"})
 
-    A reused directory must hold the same resolved config: resuming under different settings
-    would silently mix two experiments. Settings the backbone cannot take (lengths beyond its
-    position table: ``check_backbone_fits``) are refused first, before anything is written.
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old_text: str, new_text: str) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose value differs between two config.toml texts: key -> (old, new)."""
+    try:
+        old = _flat(tomllib.loads(old_text))
+    except tomllib.TOMLDecodeError:
+        old = {}
+    new = _flat(tomllib.loads(new_text))
+    keys = sorted(set(old) | set(new))
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+
+
+def has_finished_work(run: RunDir) -> bool:
+    """Whether the run holds results a config change could contradict (rounds, personas...)."""
+    if run.source_prefix.is_file() or any(run.checkpoints.glob("round-*.json")):
+        return True
+    if not run.metrics_path.is_file():
+        return False
+    text = run.metrics_path.read_text(encoding="utf-8", errors="replace")
+    return any(f'"event": "{kind}"' in text for kind in WORK_EVENTS)
+
+
+def _describe(changes: dict[str, tuple[Any, Any]], limit: int = 4) -> str:
+    shown = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changes.items())[:limit]]
+    more = len(changes) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _check_change(run: RunDir, changes: dict[str, tuple[Any, Any]], resume: bool) -> None:
+    """Refuse a config change that would mix two experiments in one run directory."""
+    where = f"run directory '{run.root}' was started with another config ({_describe(changes)})"
+    if not has_finished_work(run):
+        shaped = [k for k in changes if k in _DATA_KEYS]
+        if shaped and (run.data / "manifest.json").is_file():
+            raise FedpktError(
+                f"{where}; its data/ was prepared with the old {', '.join(shaped)}: "
+                "use a new --run-dir"
+            )
+        return  # nothing finished yet: the corrected config simply replaces the old one
+    fixed = [k for k in changes if k not in RESUMABLE_KEYS]
+    if fixed:
+        raise FedpktError(
+            f"{where}; {', '.join(fixed)} shaped the work it has done: use a new --run-dir "
+            "(a resumed run may change only keys that do not change results, such as "
+            "phase1.client_timeout_s, phase1.min_clients, backbone.device and simulation.*)"
+        )
+    if not resume:
+        raise FedpktError(f"{where}; pass --resume to continue it with these settings")
+
+
+def _read_config_text(run: RunDir) -> str | None:
+    try:
+        return run.config_path.read_text(encoding="utf-8") if run.config_path.exists() else None
+    except OSError as err:
+        raise os_error(err, "cannot read the run's config") from None
+    except UnicodeDecodeError:
+        raise FedpktError(
+            f"'{run.config_path}' is not UTF-8 text; expected a TOML config"
+        ) from None
+
+
+def phase1_runs(cfg: FedpktConfig, phases: str) -> bool:
+    """Whether a run of ``phases`` trains the source prefix (random init skips phase 1)."""
+    return phases == "source" or (phases == "all" and cfg.phase2.init == "source")
+
+
+def check_run_dir(
+    cfg: FedpktConfig, root: str | Path, *, resume: bool = False, phases: str | None = None
+) -> None:
+    """Everything a run would refuse about an existing run directory, checked before anything
+    is written: not a directory, a config that would mix two experiments, and (for a federated
+    run of ``phases``) finished work that only ``--resume`` may continue."""
+    run = RunDir(Path(root))
+    if not run.root.exists():
+        return
+    if not run.root.is_dir():
+        raise FedpktError(f"run directory '{run.root}' exists and is not a directory")
+    old, text = _read_config_text(run), config_to_toml(cfg)
+    if old is not None and old != text:
+        _check_change(run, config_changes(old, text), resume)
+    if phases is None or resume:
+        return
+    if phase1_runs(cfg, phases) and any(run.checkpoints.glob("round-*.json")):
+        raise FedpktError(
+            f"'{run.root}' already has phase-1 checkpoints; pass --resume to continue it, or "
+            "use a new --run-dir"
+        )
+    done = {e.get("client_id") for e in run.events("client")}
+    if phases in ("all", "personalize") and done:
+        raise FedpktError(
+            f"'{run.root}' already has phase-2 results for {len(done)} personas; pass --resume "
+            "to personalize only the others, or use a new --run-dir"
+        )
+
+
+def create_run_dir(
+    cfg: FedpktConfig,
+    run_dir: str | Path | None = None,
+    prefix: str = "run",
+    *,
+    resume: bool = False,
+) -> RunDir:
+    """Make (or reuse) a run directory and write the resolved config into it.
+
+    A reused directory with finished work must hold the same resolved config, except for
+    ``RESUMABLE_KEYS`` under ``resume``: resuming under settings that shaped the finished work
+    would silently mix two experiments. A directory with nothing finished yet (a run that
+    failed before its first round) takes the corrected config. A change is logged as a
+    ``config_changed`` event. Settings the backbone cannot take (lengths beyond its position
+    table: ``check_backbone_fits``) are refused first, before anything is written.
     """
     from fedpkt.model.positions import check_backbone_fits  # torch/transformers: only here
 
     check_backbone_fits(cfg)
     run = RunDir(run_path(cfg, run_dir, prefix))
-    if run.root.exists() and not run.root.is_dir():
-        raise FedpktError(f"run directory '{run.root}' exists and is not a directory")
+    check_run_dir(cfg, run.root, resume=resume)
     text = config_to_toml(cfg)
-    if run.config_path.is_file():
-        if run.config_path.read_text() != text:
-            raise FedpktError(
-                f"run directory '{run.root}' holds a different config.toml; "
-                "use a new --run-dir or the same settings"
-            )
-    else:
+    old = _read_config_text(run)
+    if old == text:
+        return run
+    if old is not None:
+        changes = {k: list(v) for k, v in config_changes(old, text).items()}
+        run.log_event({"event": "config_changed", "changes": changes})
+    try:
         atomic_write_text(run.config_path, text)
+    except OSError as err:
+        raise os_error(err, "cannot write the run's config") from None
+    return run
+    if old is not None:
+        changes = config_changes(old, text)
+        _check_change(run, changes, resume)
+        changed = {k: list(v) for k, v in changes.items()}
+        run.log_event({"event": "config_changed", "changes": changed})
+    try:
+        atomic_write_text(run.config_path, text)
+    except OSError as err:
+        raise os_error(err, "cannot write the run's config") from None
     return run

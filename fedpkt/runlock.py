@@ -43,6 +43,22 @@ def _refusal(root: Path) -> FedpktError:
     )
 
 
+def check_unlocked(root: str | Path) -> None:
+    """Refuse a run directory another process holds, without writing anything (a check that
+    runs before the others, so that a live run is reported as such)."""
+    path = Path(root).absolute()
+    if _held.get(path.resolve()) or not (path / LOCK_NAME).is_file():
+        return
+    lock = FileLock(str(path / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _refusal(path) from None
+    except OSError:
+        return  # unreadable: hold_run_dir reports it, naming the error
+    lock.release()
+
+
 def _make_dir(root: Path) -> bool:
     """Create ``root`` (and parents); True when it did not exist before."""
     if root.exists() and not root.is_dir():

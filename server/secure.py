@@ -416,7 +416,8 @@ class SecAggPlusTraining(_SourceEvaluation):
         if legacy is None or legacy.aggregate is None:
             raise FedpktError(
                 f"round {server_round}: SecAgg+ halted before unmasking (too few clients "
-                "answered a stage); resume with --resume after fixing"
+                "answered a stage); continue with --resume (which may raise "
+                "phase1.client_timeout_s)"
             )
         if len(legacy.results) < self.source.cfg.min_clients:
             raise FedpktError(

@@ -214,7 +214,8 @@ class SourcePrefixStrategy(Strategy):
         if len(updates) < self.cfg.min_clients:
             raise FedpktError(
                 f"round {server_round}: {len(updates)} valid replies, fewer than "
-                f"phase1.min_clients={self.cfg.min_clients}; resume with --resume after fixing"
+                f"phase1.min_clients={self.cfg.min_clients}; continue with --resume (which may "
+                "lower phase1.min_clients or raise phase1.client_timeout_s)"
             )
         return updates
 

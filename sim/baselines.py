@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpkt.atomic import atomic_write_json
+from fedpkt.baseline_settings import SETTINGS, Setting, select_settings
 from fedpkt.baselines import (
-    SETTINGS,
-    Setting,
     encode_split,
     evaluate_model,
     finetune_model,
@@ -42,7 +41,6 @@ from fedpkt.baselines import (
     personalize_seed,
     phase2_targets,
     reptile_meta_train,
-    select_settings,
 )
 from fedpkt.centralized import open_clients, train_source_centralized
 from fedpkt.config import FedpktConfig
@@ -53,9 +51,10 @@ from fedpkt.model.backbone import Backbone, load_backbone
 from fedpkt.model.backbone_info import backbone_num_params
 from fedpkt.model.prefix import prefix_shape_for, stored_params
 from fedpkt.personalize import PersonaFailure, PersonaTask, personalize_cohort
+from fedpkt.preflight import check_run_inputs
 from fedpkt.report import ResultRow, read_results, write_report, write_results
-from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions, run_path
-from fedpkt.runlock import hold_run_dir
+from fedpkt.rundir import RunDir, check_run_dir, create_run_dir, ensure_partitions, run_path
+from fedpkt.runlock import check_unlocked, hold_run_dir
 from fedpkt.train.finetune import trainable_copy
 from fedpkt.train.loop import evaluate_loss
 
@@ -242,8 +241,20 @@ def run_baselines(
     events, and ``setting_done``; each also goes to ``metrics.jsonl`` tagged with the setting.
     """
     settings = select_settings(only)
-    with hold_run_dir(run_path(cfg, run_dir, prefix="baselines")) as root:
+    root = check_baselines(cfg, run_dir)
+    with hold_run_dir(root):
         return _run_baselines(cfg, root, settings, on_event)
+
+
+def check_baselines(cfg: FedpktConfig, run_dir: str | Path | None = None) -> Path:
+    """Everything ``run_baselines`` can refuse before it writes anything; returns the run
+    directory it will use: the inputs (``fedpkt.preflight``), then a run directory in use or
+    holding another experiment."""
+    check_run_inputs(cfg)
+    root = run_path(cfg, run_dir, prefix="baselines").absolute()
+    check_unlocked(root)
+    check_run_dir(cfg, root)
+    return root
 
 
 def _run_baselines(

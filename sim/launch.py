@@ -47,8 +47,9 @@ from fedpkt.atomic import atomic_write_text
 from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_manifest
 from fedpkt.errors import FedpktError
-from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions, run_path
-from fedpkt.runlock import hold_run_dir
+from fedpkt.preflight import check_run_inputs
+from fedpkt.rundir import RunDir, check_run_dir, create_run_dir, ensure_partitions, run_path
+from fedpkt.runlock import check_unlocked, hold_run_dir
 from sim.certs import (
     TlsFiles,
     ensure_certificates,
@@ -72,6 +73,7 @@ from sim.launch_plan import (
 )
 from sim.network import (
     check_reachable,
+    check_superlink,
     connect_host,
     ensure_port_free,
     format_address,
@@ -521,9 +523,37 @@ def launch(
     app and follows it to the end; whatever happens, every process started is stopped before
     this returns or raises. Returns the run directory (``report.md``, ``results.json``, ...).
     """
-    validate_options(options)
-    with hold_run_dir(run_path(cfg, run_dir, prefix="launch")) as root:
+    root = check_launch(cfg, options, run_dir)
+    with hold_run_dir(root):
         return _launch(cfg, options, root, on_event, on_message)
+
+
+def check_launch(cfg: FedpktConfig, options: LaunchOptions, run_dir: str | Path | None) -> Path:
+    """Everything ``launch`` can refuse before it writes or starts anything; returns the run
+    directory it will use: the flags, the inputs (``fedpkt.preflight``), a given ``--port``
+    that is taken, and for ``--join`` a CA certificate and an address that answers as a
+    SuperLink; then a run directory in use or holding another experiment."""
+    validate_options(options)
+    check_run_inputs(cfg)
+    root = run_path(cfg, run_dir, prefix="launch").absolute()
+    if options.join is None:
+        if options.port is not None:
+            ensure_port_free(options.host, options.port)
+    else:
+        ca = None
+        if not options.insecure:
+            ca = options.ca_cert or (root / "certs" / "ca.pem")
+            if not ca.is_file():
+                raise FedpktError(
+                    f"--join {options.join}: no CA certificate at '{ca}'; pass --ca-cert with "
+                    "the SuperLink's ca.pem (RUN/certs/ca.pem on its machine) or --insecure"
+                )
+            require_pem("--ca-cert", ca)
+        check_superlink(options.join, ca)
+    check_unlocked(root)
+    phases = None if options.join is not None else options.phases
+    check_run_dir(cfg, root, resume=options.resume, phases=phases)
+    return root
 
 
 def _launch(
@@ -533,7 +563,7 @@ def _launch(
     on_event: Callable[[Event], None] | None,
     on_message: Callable[[str], None] | None,
 ) -> RunDir:
-    run = create_run_dir(cfg, root)
+    run = create_run_dir(cfg, root, resume=options.resume)
     data_root = ensure_partitions(cfg, run)
     client_ids = [entry["client_id"] for entry in load_manifest(data_root)["clients"]]
     plans = plan_nodes(client_ids, options)

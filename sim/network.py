@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import ssl
+from pathlib import Path
 
 from fedpkt.errors import FedpktError
 
@@ -82,3 +84,49 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# A Fleet API route of Flower 1.42's SuperLink (FastAPI over HTTP(S)): it takes only POST, so a
+# GET is answered 405, where a server without the route says 404 and a non-HTTP one nothing.
+_FLEET_ROUTE = "/v1/fleet/pull-messages"
+
+
+def _fleet_status(sock: socket.socket, host: str) -> int | None:
+    """The HTTP status a GET of the Fleet route gets (None: no HTTP reply)."""
+    request = f"GET {_FLEET_ROUTE} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    sock.sendall(request.encode("ascii"))
+    head = sock.recv(64).decode("latin-1")
+    match = re.match(r"HTTP/1\.[01] (\d{3})", head)
+    return int(match[1]) if match else None
+
+
+def check_superlink(address: str, ca_cert: Path | None, timeout: float = 5.0) -> None:
+    """One line unless ``address`` answers as a SuperLink does: its Fleet API route exists,
+    behind TLS that ``ca_cert`` verifies (None: ``--insecure``, plain HTTP)."""
+    check_reachable(address, timeout)
+    host, port = parse_address(address)
+    expected = "expected HOST:PORT of a running SuperLink"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            if ca_cert is None:
+                status = _fleet_status(raw, host)
+            else:
+                context = ssl.create_default_context(cafile=str(ca_cert))
+                context.check_hostname = False  # the CA alone vouches (names vary by --tls-name)
+                with context.wrap_socket(raw) as tls:
+                    status = _fleet_status(tls, host)
+    except ssl.SSLError as err:
+        reason = err.reason or type(err).__name__
+        raise FedpktError(
+            f"'{address}' did not complete a TLS handshake verified by '{ca_cert}' ({reason}); "
+            f"{expected} and its ca.pem, or --insecure for a SuperLink without TLS"
+        ) from None
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise FedpktError(f"'{address}' did not answer HTTP ({reason}); {expected}") from None
+    if status != 405:
+        got = f"HTTP {status}" if status else "no HTTP reply"
+        tls = "" if status or ca_cert else " (a SuperLink with TLS needs --ca-cert, not --insecure)"
+        raise FedpktError(
+            f"'{address}' has no SuperLink Fleet API ({got} for {_FLEET_ROUTE}){tls}; {expected}"
+        )

@@ -26,10 +26,11 @@ from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import load_backbone, load_backbone_from_config
+from fedpkt.preflight import check_run_inputs
 from fedpkt.privacy.exposure import client_canaries, exposure_markdown, exposure_table
 from fedpkt.report import append_section
-from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions, run_path
-from fedpkt.runlock import hold_run_dir
+from fedpkt.rundir import RunDir, check_run_dir, create_run_dir, ensure_partitions, run_path
+from fedpkt.runlock import check_unlocked, hold_run_dir
 from server.app import ServerSettings, make_server_app
 from sim.ray_cluster import check_resources, ray_session
 
@@ -88,15 +89,52 @@ def simulate(
     verbose: bool = False,
 ) -> RunDir:
     """Run phase 1 and/or phase 2 in Flower's Simulation Engine; returns the run directory."""
-    if phases not in ("all", "source", "personalize"):
-        raise FedpktError(f"phases='{phases}' is not one of all, source, personalize")
     quiet_runtime(verbose)
-    check_resources(cfg.simulation)  # a GPU nothing can serve is refused before any write
+    root = check_simulate(cfg, run_dir, phases=phases, resume=resume)
+    # Build/resolve the backbone here, once, so that simulation workers only load it; a
+    # broken one (weights, tokenizer) is refused before anything is written.
+    load_backbone(
+        cfg.backbone.name,
+        embedded_size=cfg.backbone.embedded_size,
+        device=cfg.backbone.device,
+        dtype=cfg.backbone.dtype,
+    )
     # One run directory, one run: the lock comes before anything is written there.
-    with hold_run_dir(run_path(cfg, run_dir)) as root:
+    with hold_run_dir(root):
         return _simulate(
             cfg, root, phases, resume, method, on_event, num_workers, client_mods, verbose
         )
+
+
+def check_simulate(
+    cfg: FedpktConfig,
+    run_dir: str | Path | None = None,
+    *,
+    phases: str = "all",
+    resume: bool = False,
+) -> Path:
+    """Everything ``simulate`` can refuse before it writes anything; returns the run directory
+    it will use (a new one when ``run_dir`` is None).
+
+    The phases; a GPU nothing can serve; a CUDA backbone on workers that get no GPU; the
+    inputs (``fedpkt.preflight``: devices, data, backbone, prefix size); a run directory that
+    is in use, holds another experiment, or holds work only ``--resume`` may continue.
+    """
+    if phases not in ("all", "source", "personalize"):
+        raise FedpktError(f"phases='{phases}' is not one of all, source, personalize")
+    check_resources(cfg.simulation)
+    check_run_inputs(cfg)
+    device = cfg.backbone.device
+    if cfg.simulation.gpus_per_client == 0 and device.startswith("cuda"):
+        raise FedpktError(
+            f"backbone.device='{device}' runs the clients' backbone on a GPU, but "
+            "simulation.gpus_per_client=0 gives the simulation workers none; use "
+            "--gpus-per-client (e.g. 0.25) or backbone.device='auto'"
+        )
+    root = run_path(cfg, run_dir).absolute()
+    check_unlocked(root)
+    check_run_dir(cfg, root, resume=resume, phases=phases)
+    return root
 
 
 def _simulate(
@@ -111,16 +149,9 @@ def _simulate(
     verbose: bool,
 ) -> RunDir:
     # Absolute paths: workers (on other machines, with --ray-address) get them as they are.
-    run = RunDir(create_run_dir(cfg, root).root.absolute())
+    run = RunDir(create_run_dir(cfg, root, resume=resume).root.absolute())
     data_root = ensure_partitions(cfg, run).absolute()
     num_clients = len(load_manifest(data_root)["clients"])
-    # Build/resolve the backbone here, once, so that simulation workers only load it.
-    load_backbone(
-        cfg.backbone.name,
-        embedded_size=cfg.backbone.embedded_size,
-        device=cfg.backbone.device,
-        dtype=cfg.backbone.dtype,
-    )
     workers = num_workers or cfg.simulation.workers or max(1, min(os.cpu_count() or 1, 8))
     num_nodes = simulated_nodes(cfg, num_clients)
     settings = ServerSettings(
@@ -142,7 +173,10 @@ def _simulate(
         )
     done = run.events("done")
     if not done:
-        raise FedpktError(f"simulation ended without finishing; see the log and '{run.root}'")
+        raise FedpktError(
+            f"simulation ended without finishing; see {run.root / 'logs'}; once the cause is "
+            f"fixed, continue with `fedpkt simulate --run-dir {run.root} --resume`"
+        )
     ran_phase1 = run.source_prefix.is_file() and phases in ("all", "source")
     if cfg.data.canaries and ran_phase1 and (run.root / "report.md").is_file():
         report_exposure(cfg, run, data_root)

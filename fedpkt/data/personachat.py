@@ -305,3 +305,16 @@ def load_personachat(
             "Hugging Face dataset id of the form owner/name)"
         )
     return load_personachat_hf(path, **at, **folder, **kwargs)
+
+
+def check_path(path: str) -> None:
+    """What ``load_personachat`` refuses about ``path`` before reading anything: empty, or a
+    path that does not exist and is not a hub id (``owner/name``)."""
+    if not path:
+        raise FedpktError("PERSONA-CHAT path is empty (expected a file, directory or dataset id)")
+    if Path(path).exists() or is_hub_id(path):
+        return
+    raise FedpktError(
+        f"PERSONA-CHAT path '{path}' does not exist (expected a file or directory, or a "
+        "Hugging Face dataset id of the form owner/name)"
+    )

@@ -193,7 +193,7 @@ def backbone_path(name: str, *, embedded_size: str = "default", progress: bool =
     return _download_from_hub(name)
 
 
-def _check_causal_lm(path: Path, name: str) -> PretrainedConfig:
+def check_causal_lm(path: Path, name: str) -> PretrainedConfig:
     """Read config.json and insist on a causal-LM architecture, with a one-line error."""
     if not (path / "config.json").is_file():
         raise FedpktError(
@@ -236,7 +236,7 @@ def _load_tokenizer(path: Path, name: str) -> PreTrainedTokenizerBase:
 
 
 def _load(path: Path, name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
-    _check_causal_lm(path, name)
+    check_causal_lm(path, name)
     tokenizer = _load_tokenizer(path, name)
     with quiet_hf_progress():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
