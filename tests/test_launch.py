@@ -143,7 +143,8 @@ def test_contradictory_flags_are_refused(options: LaunchOptions, message: str) -
 
 # -- bad input stops before anything runs ------------------------------------------------------
 def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
-    """A listening socket holds the port: launch refuses it and starts no process."""
+    """A listening socket holds the port: launch refuses it before it writes or starts
+    anything (issue 16 §1)."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -152,8 +153,7 @@ def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
             ensure_port_free("127.0.0.1", port)
         with pytest.raises(FedpktError, match=f"port {port} on 127.0.0.1 is in use"):
             launch(tiny_config(), LaunchOptions(supernodes=2, port=port), tmp_path / "run")
-    record = json.loads((tmp_path / "run" / "launch" / "processes.json").read_text())
-    assert record["processes"] == []
+    assert not (tmp_path / "run").exists()
     assert launch_processes(tmp_path) == []
 
 
