@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -142,3 +143,42 @@ def run_progress(rounds: int) -> Iterator[tuple[Progress, Callable[[dict], None]
                 progress.console.print(f"[yellow]client {event['client_id']} failed[/]")
 
         yield progress, on_event
+
+
+@dataclass
+class StopState:
+    """What a command fills in as it goes, for the line a SIGINT/SIGTERM prints: its run
+    directory (once checked) and its progress display (once shown)."""
+
+    root: Path | None = None
+    progress: Progress | None = None
+
+
+@contextlib.contextmanager
+def stops_cleanly(resume_hint: Callable[[Path], str]) -> Iterator[StopState]:
+    """SIGINT or SIGTERM stop the command within seconds (``sim.stopping``): every process it
+    started killed, one line saying what the run directory kept and ``resume_hint(root)``,
+    exit code 130 or 143. Yields the state the command fills in."""
+    from fedpkt.rundir import FINISHED, kept_summary
+    from fedpkt.runlock import remove_if_untouched
+    from sim.stopping import interrupted_by, stop_on_signals
+
+    state = StopState()
+
+    def describe(signum: int) -> str:
+        name = interrupted_by(signum)
+        kept = kept_summary(state.root) if state.root is not None else None
+        if state.root is None or kept is None:
+            if state.root is not None:
+                remove_if_untouched(state.root)
+            return f"stopped by {name} before anything was written"
+        if kept == FINISHED:
+            return f"stopped by {name} after the run finished: '{state.root}' holds its results"
+        return f"stopped by {name}: '{state.root}' keeps {kept}; {resume_hint(state.root)}"
+
+    def before_exit() -> None:  # a terminal's live display: end it cleanly (cursor back)
+        if state.progress is not None and state.progress.console.is_terminal:
+            state.progress.stop()
+
+    with stop_on_signals(describe, before_exit):
+        yield state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,53 +62,74 @@ def launch_command(
     resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
 ) -> None:
     """Run PersonaPKT on a real Flower SuperLink and SuperNodes (one OS process each)."""
-    from sim.launch import LaunchOptions, check_launch, parse_gpus, parse_shard
-
-    cfg = resolve_config(config, overrides, resume_dir=run_dir if resume else None)
-    options = LaunchOptions(
-        supernodes=supernodes,
-        gpus=parse_gpus(gpus),
-        insecure=insecure,
-        join=join,
-        host=host,
-        port=port,
-        tls_names=tuple(tls_name or ()),
-        ca_cert=ca_cert,
-        server_cert=server_cert,
-        server_key=server_key,
-        node_auth=node_auth,
-        shard=parse_shard(shard),
-        wait_for_nodes=wait_for_nodes,
-        phases=phase,
-        resume=resume,
+    from sim.launch import (
+        LaunchOptions,
+        check_launch,
+        parse_gpus,
+        parse_shard,
+        terminate_as_interrupt,
     )
-    root = check_launch(cfg, options, run_dir)  # one line, before any progress display or file
-    with hold_run_dir(root):  # a live run's directory: one line
-        _launch(cfg, options, root)
+
+    root: Path | None = None
+    with terminate_as_interrupt():
+        try:
+            cfg = resolve_config(config, overrides, resume_dir=run_dir if resume else None)
+            options = LaunchOptions(
+                supernodes=supernodes,
+                gpus=parse_gpus(gpus),
+                insecure=insecure,
+                join=join,
+                host=host,
+                port=port,
+                tls_names=tuple(tls_name or ()),
+                ca_cert=ca_cert,
+                server_cert=server_cert,
+                server_key=server_key,
+                node_auth=node_auth,
+                shard=parse_shard(shard),
+                wait_for_nodes=wait_for_nodes,
+                phases=phase,
+                resume=resume,
+            )
+            root = check_launch(cfg, options, run_dir)  # one line, before any display or file
+            with hold_run_dir(root):  # a live run's directory: one line
+                _launch(cfg, options, root)
+        except KeyboardInterrupt as err:
+            signum = int(getattr(err, "signum", signal.SIGINT))
+            err_console.print(_stopped_line(signum, root, join), highlight=False, soft_wrap=True)
+            raise typer.Exit(code=128 + signum) from None
+
+
+def _stopped_line(signum: int, root: Path | None, join: str | None) -> str:
+    """What a stop signal left: every process stopped, what the run kept, how to go on."""
+    from fedpkt.rundir import FINISHED, kept_summary
+
+    name = signal.Signals(signum).name
+    if root is None:
+        return f"stopped by {name} before anything was written"
+    line = f"stopped by {name}: every process it started was stopped"
+    if join is not None:
+        return f"{line}; start the same `fedpkt launch --join {join}` to serve again"
+    kept = kept_summary(root)
+    if kept is None or kept == FINISHED:
+        return f"{line}; '{root}' holds {kept or 'nothing of a run yet'}"
+    return f"{line}; '{root}' keeps {kept}; continue with `fedpkt launch --run-dir {root} --resume`"
 
 
 def _launch(cfg: FedpktConfig, options: LaunchOptions, run_dir: Path) -> None:
     from sim.launch import launch
 
     if options.join is not None:  # SuperNodes only: the progress shows on the SuperLink's side
-        try:
-            launch(cfg, options, run_dir, on_message=lambda text: console.print(text))
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted:[/] every process started was stopped")
-            raise typer.Exit(code=130) from None
+        launch(cfg, options, run_dir, on_message=lambda text: console.print(text))
         return
     with run_progress(cfg.phase1.rounds) as (progress, on_event):
-        try:
-            run = launch(
-                cfg,
-                options,
-                run_dir,
-                on_event=on_event,
-                on_message=lambda text: progress.console.print(text, highlight=False),
-            )
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted:[/] every process started was stopped")
-            raise typer.Exit(code=130) from None
+        run = launch(
+            cfg,
+            options,
+            run_dir,
+            on_event=on_event,
+            on_message=lambda text: progress.console.print(text, highlight=False),
+        )
     console.print(f"run directory: [bold]{run.root}[/]")
     if (run.root / "results.json").is_file():
         console.print(results_table(run.root))

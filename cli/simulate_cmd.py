@@ -14,6 +14,7 @@ from cli.common import (
     resolve_config,
     results_table,
     run_progress,
+    stops_cleanly,
 )
 
 
@@ -50,28 +51,35 @@ def simulate_command(
     ),
 ) -> None:
     """Run PersonaPKT federated: phase 1 (source prefix) and phase 2 (personalization)."""
-    cfg = resolve_config(
-        config,
-        overrides,
-        {
-            "phase2.init": init,
-            "phase1.strategy": strategy,
-            "phase1.rounds": rounds,
-            "backbone.name": backbone,
-            "privacy.secagg": secagg,
-            "simulation.gpus_per_client": gpus_per_client,
-            "simulation.ray_address": ray_address,
-        },
-        resume_dir=run_dir if resume else None,
+    hint = "continue with `fedpkt simulate --run-dir {root} --resume`" + (
+        f" --phase {phase}" if phase != "all" else ""
     )
-    from fedpkt.runlock import hold_run_dir
-    from sim.simulate import check_simulate, simulate  # heavy (Flower, Ray): config is valid
+    with stops_cleanly(lambda root: hint.format(root=root)) as stop:
+        cfg = resolve_config(
+            config,
+            overrides,
+            {
+                "phase2.init": init,
+                "phase1.strategy": strategy,
+                "phase1.rounds": rounds,
+                "backbone.name": backbone,
+                "privacy.secagg": secagg,
+                "simulation.gpus_per_client": gpus_per_client,
+                "simulation.ray_address": ray_address,
+            },
+            resume_dir=run_dir if resume else None,
+        )
+        from fedpkt.runlock import hold_run_dir
+        from sim.simulate import check_simulate, simulate  # heavy (Flower, Ray): config is valid
 
-    # Every check that needs no write, before the run directory, its lock or the progress bars.
-    root = check_simulate(cfg, run_dir, phases=phase, resume=resume)
-    with hold_run_dir(root), run_progress(cfg.phase1.rounds) as (_, on_event):
-        run = simulate(cfg, root, phases=phase, resume=resume, on_event=on_event, verbose=verbose)
-    console.print(f"run directory: [bold]{run.root}[/]")
-    if (run.root / "results.json").is_file():
-        console.print(results_table(run.root))
-        console.print(f"report: {run.root / 'report.md'}")
+        # Every check that needs no write, before the run directory, its lock or progress bars.
+        root = check_simulate(cfg, run_dir, phases=phase, resume=resume)
+        with hold_run_dir(root), run_progress(cfg.phase1.rounds) as (stop.progress, on_event):
+            stop.root = root
+            run = simulate(
+                cfg, root, phases=phase, resume=resume, on_event=on_event, verbose=verbose
+            )
+        console.print(f"run directory: [bold]{run.root}[/]")
+        if (run.root / "results.json").is_file():
+            console.print(results_table(run.root))
+            console.print(f"report: {run.root / 'report.md'}")

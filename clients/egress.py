@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from fedpkt.atomic import atomic_write_bytes
 from fedpkt.errors import FedpktError
+from fedpkt.jsonl import append_line
 from fedpkt.privacy.audit import checker_for, parse_entry
 from fedpkt.privacy.cohort import owner_of
 from wire import CLIENT_ID, CLIENT_IDS, CONFIG, FEDPKT_CONFIG, PHASE, SERVER_ROUND
@@ -239,14 +239,8 @@ def _client_check(
 
 
 def _append_line(directory: Path, node_id: int, entry: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(entry, sort_keys=True, default=repr) + "\n"
-    # One writer per node file; O_APPEND keeps each line whole.
-    fd = os.open(directory / f"{node_id}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        os.write(fd, line.encode("utf-8"))
-    finally:
-        os.close(fd)
+    # One writer per node file; whole fsynced lines, never a torn one (fedpkt.jsonl).
+    append_line(directory / f"{node_id}.jsonl", entry)
 
 
 def log_reply(

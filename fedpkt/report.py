@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from fedpkt.errors import FedpktError
+from fedpkt.jsonl import read_lines
 
 Part = Literal["B", "C"]
 PARTS: tuple[Part, ...] = ("B", "C")
@@ -216,15 +217,9 @@ def read_metrics(path: str | Path) -> tuple[list[RoundRecord], list[ClientRecord
     file = Path(path)
     if not file.is_file():
         raise FedpktError(f"metrics file '{file}' does not exist; expected a run's metrics.jsonl")
-    events = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise FedpktError(f"metrics file '{file}' line {number} is not JSON") from None
-    events = [e for e in events if isinstance(e, dict)]
+    events = read_lines(
+        file, "metrics file"
+    ).objects  # a bad line is named; a torn last one skipped
     rounds = _rounds(e for e in events if e.get("event") == "round")
     clients = _clients(e for e in events if e.get("event") == "client")
     return rounds, clients

@@ -9,7 +9,6 @@ folder, with its ``vaults/``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from fedpkt.atomic import atomic_write_text
 from fedpkt.config import FedpktConfig, config_to_toml, load_config, tomllib
 from fedpkt.errors import FedpktError, os_error
+from fedpkt.jsonl import append_line, read_lines
 
 
 @dataclass(frozen=True)
@@ -69,22 +69,17 @@ class RunDir:
         return load_config(self.config_path)
 
     def log_event(self, event: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (O_APPEND keeps lines whole; fsync makes
-        a logged result survive a crash right after, which phase-2 resume relies on)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"time": time.time(), **event}, sort_keys=True) + "\n"
-        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Append one JSON line to ``metrics.jsonl``: whole and fsynced (``fedpkt.jsonl``), so
+        a logged result survives a crash right after, which phase-2 resume relies on."""
+        append_line(self.metrics_path, {"time": time.time(), **event})
 
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The logged events, optionally only those with ``event == kind``."""
-        if not self.metrics_path.is_file():
-            return []
-        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+    def events(self, kind: str | None = None, *, tolerant: bool = False) -> list[dict[str, Any]]:
+        """The logged events, optionally only those with ``event == kind``.
+
+        A damaged line is an error naming its number (a torn last line, from a crash mid-write,
+        is skipped); ``tolerant`` skips damaged lines instead.
+        """
+        rows = read_lines(self.metrics_path, "metrics file", tolerant=tolerant).objects
         return [r for r in rows if kind is None or r.get("event") == kind]
 
 
@@ -239,6 +234,8 @@ def check_run_dir(
     old, text = _read_config_text(run), config_to_toml(cfg)
     if old is not None and old != text:
         _check_change(run, config_changes(old, text), resume)
+    if resume:
+        check_resumable(run)
     if phases is None or resume:
         return
     if phase1_runs(cfg, phases) and any(run.checkpoints.glob("round-*.json")):
@@ -252,6 +249,60 @@ def check_run_dir(
             f"'{run.root}' already has phase-2 results for {len(done)} personas; pass --resume "
             "to personalize only the others, or use a new --run-dir"
         )
+
+
+def check_resumable(run: RunDir) -> None:
+    """Read and check everything a resume builds on, before it does any work, naming the bad
+    line of the bad file: every event of ``metrics.jsonl`` (a torn last line is dropped: the
+    work it logged is redone), the newest phase-1 checkpoint and the source prefix."""
+    from fedpkt.report import ClientRecord, RoundRecord
+
+    parsers = {"round": RoundRecord.from_event, "client": ClientRecord.from_event}
+    lines = read_lines(run.metrics_path, "metrics file")
+    for number, event in lines.rows:
+        parse = parsers.get(str(event.get("event")))
+        if parse is None:
+            continue
+        try:
+            parse(event)
+        except FedpktError as err:
+            raise FedpktError(
+                f"metrics file '{run.metrics_path}' line {number}: {err}; the file is damaged: "
+                "restore it, or start again in a new run directory"
+            ) from None
+    states = sorted(run.checkpoints.glob("round-*.json")) if run.checkpoints.is_dir() else []
+    for state in states[-1:]:
+        _check_json(state, "phase-1 checkpoint")
+        if state.with_suffix(".safetensors").is_file():
+            _check_safetensors(state.with_suffix(".safetensors"), "phase-1 checkpoint")
+    if run.source_prefix.is_file():
+        _check_safetensors(run.source_prefix, "source prefix")
+
+
+def _check_json(path: Path, what: str) -> None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise os_error(err, f"cannot read the {what}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FedpktError(
+            f"{what} '{path}' is not valid JSON; delete it (and its .safetensors) to resume "
+            "from the round before, or use a new run directory"
+        ) from None
+
+
+def _check_safetensors(path: Path, what: str) -> None:
+    from safetensors.numpy import load
+
+    try:
+        load(path.read_bytes())
+    except OSError as err:
+        raise os_error(err, f"cannot read the {what}") from None
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise FedpktError(
+            f"{what} '{path}' is damaged ({type(err).__name__}); delete it to redo that step, "
+            "or use a new run directory"
+        ) from None
 
 
 def create_run_dir(
@@ -297,3 +348,46 @@ def create_run_dir(
     except OSError as err:
         raise os_error(err, "cannot write the run's config") from None
     return run
+
+
+FINISHED = "a finished run"
+
+
+def kept_summary(root: str | Path) -> str | None:
+    """What a stopped run's directory holds, in words; None when it holds nothing of a run.
+
+    >>> kept_summary("/nonexistent") is None
+    True
+    """
+    run = RunDir(Path(root))
+    if not run.config_path.is_file():
+        return None
+    events = run.events(tolerant=True)
+    if any(e.get("event") == "done" for e in events):
+        return FINISHED
+    parts = []
+    rounds = {e.get("round") for e in events if e.get("event") == "round"}
+    if rounds:
+        planned = _config_value(run, "phase1", "rounds")
+        parts.append(f"{len(rounds)}" + (f" of {planned}" if planned else "") + " phase-1 rounds")
+    if run.source_prefix.is_file():
+        parts.append("the source prefix")
+    starts = [e for e in events if e.get("event") == "phase2_start"]
+    done = {e.get("client_id") for e in events if e.get("event") == "client"}
+    if starts or done:
+        total = starts[-1].get("personas") if starts else None
+        parts.append(f"{len(done)}" + (f" of {total}" if total else "") + " phase-2 results")
+    settings = {e.get("setting") for e in events if e.get("event") == "setting_done"}
+    if settings:
+        parts.append(f"{len(settings)} finished settings ({', '.join(sorted(map(str, settings)))})")
+    if not parts:
+        has_data = (run.data / "manifest.json").is_file()
+        parts.append("its config" + (" and prepared client data" if has_data else ""))
+    return ", ".join(parts)
+
+
+def _config_value(run: RunDir, section: str, key: str) -> Any:
+    try:
+        return tomllib.loads(run.config_path.read_text(encoding="utf-8"))[section][key]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return None

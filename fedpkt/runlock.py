@@ -102,11 +102,12 @@ def hold_run_dir(root: str | Path) -> Iterator[Path]:
         _held.pop(key, None)
         lock.release()
         if created:
-            _remove_if_untouched(path)
+            remove_if_untouched(path)
 
 
-def _remove_if_untouched(path: Path) -> None:
-    """Remove a directory that holds nothing but the lock's own files."""
+def remove_if_untouched(path: str | Path) -> None:
+    """Remove a run directory that holds nothing but the lock's own files."""
+    path = Path(path)
     with contextlib.suppress(OSError):
         if {p.name for p in path.iterdir()} <= {LOCK_NAME, PID_NAME}:
             for name in (LOCK_NAME, PID_NAME):

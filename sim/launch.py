@@ -96,6 +96,7 @@ __all__ = [  # this module's own names and the re-exports of what used to be def
     "PHASES",
     "Event",
     "FlowerCli",
+    "Interrupted",
     "Launch",
     "LaunchOptions",
     "MetricsFollower",
@@ -123,6 +124,7 @@ __all__ = [  # this module's own names and the re-exports of what used to be def
     "plan_nodes",
     "port_open",
     "round_robin",
+    "terminate_as_interrupt",
     "validate_options",
 ]
 
@@ -142,9 +144,17 @@ def app_directory() -> Path:
     return root
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal, as a KeyboardInterrupt that remembers which one (the exit code)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt so one cleanup path runs for all.
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM/SIGHUP into :class:`Interrupted` so one cleanup path runs for all.
 
     SIGINT is set too, not left to Python's default: a launcher started as a background job
     of a script inherits SIGINT *ignored* (POSIX shells do that, and Python keeps it), and
@@ -155,7 +165,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(signum)
 
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, handler) for sig in signals}
@@ -574,7 +584,7 @@ def _launch(
     backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False)
     session = Launch(cfg, run, options, on_event, on_message)
     session.prepare_tls()
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             if options.join is None:
                 session.serve(plans)

@@ -180,7 +180,7 @@ class ProcessSet:
                 if _alive(proc):
                     proc.send_signal(sig)
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every group and descendant, SIGKILL what is left after ``grace`` seconds."""
         self.refresh()
         self._signal_all(signal.SIGTERM)

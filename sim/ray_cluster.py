@@ -40,6 +40,7 @@ from fedpkt.atomic import atomic_write_text
 from fedpkt.config import SimulationConfig
 from fedpkt.errors import FedpktError
 from sim.run_log import RUN_LOG_ENV, driver_log, run_log_path
+from sim.stopping import reclaim_signals
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def ray_session(
                     runtime_env=runtime_env,
                 )
                 _check_capacity(sim)
+            reclaim_signals()  # ray.init took SIGTERM over; fedpkt's stop handler comes back
             logger.info(describe_cluster(sim))
             yield {"client_resources": client_resources(sim)}
         finally:

@@ -665,7 +665,7 @@ def test_missing_egress_log_is_bad_input(world: dict[str, Any], run: RunDir) -> 
 def test_malformed_line_is_named(world: dict[str, Any], run: RunDir, log: EgressLog) -> None:
     with open(run.egress / "11.jsonl", "a", encoding="utf-8") as handle:
         handle.write("{not json\n")
-    with pytest.raises(FedpktError, match=r"11\.jsonl:2 is not valid JSON"):
+    with pytest.raises(FedpktError, match=r"11\.jsonl' line 2 is not valid JSON"):
         _audit(world, run)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpkt.errors import FedpktError
+from fedpkt.jsonl import read_lines
 from fedpkt.privacy.audit.findings import Finding, FindingKind
 
 
@@ -115,10 +116,12 @@ def parse_entry(obj: Any, where: str) -> EgressEntry:
         raise FedpktError(f"egress log {where} has a malformed field ({err})") from None
 
 
-def read_egress(egress_dir: str | Path) -> list[EgressEntry]:
+def read_egress(egress_dir: str | Path, torn: list[str] | None = None) -> list[EgressEntry]:
     """Every reply in ``egress_dir/*.jsonl``, in file then line order.
 
     Raises FedpktError when the directory or its log files are missing or a line is malformed.
+    A torn last line (its process died while logging a reply, before sending it) is skipped;
+    ``torn``, when given, collects those lines as ``<node>.jsonl:<line>``.
     """
     directory = Path(egress_dir)
     if not directory.is_dir():
@@ -128,19 +131,10 @@ def read_egress(egress_dir: str | Path) -> list[EgressEntry]:
         raise FedpktError(f"egress log '{directory}' holds no .jsonl file (expected one per node)")
     entries: list[EgressEntry] = []
     for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise FedpktError(f"egress log '{file}' is unreadable: {err}") from None
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{file.name}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FedpktError(f"egress log {where} is not valid JSON ({err.msg})") from None
-            entries.append(parse_entry(obj, where))
+        lines = read_lines(file, "egress log")
+        if lines.torn is not None and torn is not None:
+            torn.append(f"{file.name}:{lines.torn}")
+        entries += [parse_entry(obj, f"{file.name}:{number}") for number, obj in lines.rows]
     return entries
 
 

@@ -57,6 +57,9 @@ class AuditReport:
     checked: dict[str, list[str]] = field(default_factory=dict)
     """Log lines (``<node>.jsonl:<line>``) by where they were checked: ``audit`` (stored
     bytes), ``client`` (the egress mod's recorded check only), ``client+audit`` (both)."""
+    torn: list[str] = field(default_factory=list)
+    """Torn last lines skipped (``<node>.jsonl:<line>``): a process died while logging a
+    reply, before the reply was sent."""
 
     @property
     def verdict(self) -> Literal["clean", "violation"]:
@@ -74,8 +77,18 @@ class AuditReport:
             "rules": self.rules,
             "checked": {by: len(logs) for by, logs in self.checked.items()},
             "checked_lines": self.checked,
+            "torn_lines": self.torn,
             "seconds": round(self.seconds, 3),
         }
+
+    def _torn_line(self) -> list[str]:
+        if not self.torn:
+            return []
+        return [
+            f"Skipped {len(self.torn)} torn last lines ({', '.join(self.torn)}): each process "
+            "died while logging a reply, before the reply was sent.",
+            "",
+        ]
 
     def _checked_line(self) -> list[str]:
         if not self.checked:
@@ -97,6 +110,7 @@ class AuditReport:
             f"{len(self.clients_scanned)} clients' data searched, {len(self.findings)} findings.",
             "",
             *self._checked_line(),
+            *self._torn_line(),
             "| message type | replies | bytes |",
             "|---|---:|---:|",
         ]

@@ -198,7 +198,8 @@ def audit_run(
     if not run.root.is_dir():
         raise FedpktError(f"run directory '{run_dir}' does not exist (expected a fedpkt run)")
     cfg = run.config()
-    entries = read_egress(run.egress)
+    torn: list[str] = []
+    entries = read_egress(run.egress, torn)
     data_root = run.data_root(cfg)
     manifest = load_manifest(data_root)
     spec = contract_spec(cfg, model_config or load_model_config(cfg), manifest)
@@ -258,6 +259,7 @@ def audit_run(
         by_type=by_type,
         clients_scanned=sorted(groups),
         seconds=time.perf_counter() - started,
+        torn=torn,
         rules={
             "text_ngram_words": TEXT_NGRAM,
             "token_window_ids": TOKEN_WINDOW,
