@@ -366,6 +366,8 @@ def kept_summary(root: str | Path) -> str | None:
     if any(e.get("event") == "done" for e in events):
         return FINISHED
     parts = []
+    if any("setting" in e for e in events):  # fedpkt baselines: only whole settings count
+        events = [e for e in events if e.get("event") == "setting_done"]
     rounds = {e.get("round") for e in events if e.get("event") == "round"}
     if rounds:
         planned = _config_value(run, "phase1", "rounds")
