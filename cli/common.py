@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedpkt.config import FedpktConfig, load_config
-from fedpkt.errors import FedpktError
+from fedpkt.errors import FedpktError, os_error
 
 DEFAULT_PRESET = "embedded"
 console = Console()
@@ -36,13 +36,19 @@ SetOption = typer.Option(
 
 
 def exits_cleanly(func: F) -> F:
-    """Turn FedpktError into a one-line message and exit code 2 (no traceback, nothing written)."""
+    """Turn FedpktError into a one-line message and exit code 2 (no traceback, nothing written).
+
+    Operating-system errors are input too (a read-only directory, a full disk, a permission,
+    a FIFO where a file should be): one line naming the path and the error, exit code 2.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except FedpktError as err:
+        except (FedpktError, OSError) as err:
+            if isinstance(err, OSError):
+                err = os_error(err)
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 

@@ -1,7 +1,8 @@
 """Crash-safe file writes: write to a temporary file beside the target, fsync, then rename.
 
 A reader therefore sees either the old file or the complete new one, never a half-written file,
-even if the process is killed mid-write (checkpoints, vault files, results).
+even if the process is killed mid-write (checkpoints, vault files, results). A failed write
+(a full disk) leaves no temporary file, and its OSError names the target.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.filename is None:  # a write(): name the file
+            raise OSError(err.errno, err.strerror, str(target)) from err
         raise
     return target
 

@@ -26,8 +26,8 @@ def os_error(err: OSError, action: str = "") -> FedpktError:
     """
     reason = err.strerror or str(err) or type(err).__name__
     code = errno.errorcode.get(err.errno or 0)
-    where = f"'{err.filename}'" if err.filename is not None else "(no path)"
-    if err.filename2 is not None:
-        where += f" -> '{err.filename2}'"
-    text = f"{where}: {reason}" + (f" [{code}]" if code else "")
+    text = reason + (f" [{code}]" if code else "")
+    if err.filename is not None:
+        where = f"'{err.filename}'" + (f" -> '{err.filename2}'" if err.filename2 else "")
+        text = f"{where}: {text}"
     return FedpktError(f"{action}: {text}" if action else text)

@@ -9,6 +9,7 @@ folder, with its ``vaults/``).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,15 +205,60 @@ def _check_change(run: RunDir, changes: dict[str, tuple[Any, Any]], resume: bool
         raise FedpktError(f"{where}; pass --resume to continue it with these settings")
 
 
+def _regular(path: Path, what: str) -> Path:
+    """``path`` if it is a regular file (a FIFO there would block every reader forever)."""
+    if not path.is_file():
+        raise FedpktError(f"{what} '{path}' is not a regular file")
+    return path
+
+
 def _read_config_text(run: RunDir) -> str | None:
+    if not run.config_path.exists():
+        return None
     try:
-        return run.config_path.read_text(encoding="utf-8") if run.config_path.exists() else None
+        return _regular(run.config_path, "run config").read_text(encoding="utf-8")
     except OSError as err:
         raise os_error(err, "cannot read the run's config") from None
     except UnicodeDecodeError:
         raise FedpktError(
             f"'{run.config_path}' is not UTF-8 text; expected a TOML config"
         ) from None
+
+
+# A run needs at least this much free space where its run directory goes (its data, logs,
+# checkpoints and results take more; this refuses only a disk that is already full).
+MIN_FREE_BYTES = 16 * 2**20
+FULL_BYTES = 2**20  # under this, a failed run is reported as a full disk
+
+
+def _free_bytes(root: Path) -> tuple[Path, int]:
+    """(the nearest existing folder of ``root``, the bytes free on its filesystem)."""
+    existing = root.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return existing, shutil.disk_usage(existing).free
+    except OSError as err:
+        raise os_error(err, "cannot read the free space of the run directory") from None
+
+
+def check_free_space(root: Path) -> None:
+    """Refuse a run directory whose filesystem is already (nearly) full."""
+    where, free = _free_bytes(root)
+    if free < MIN_FREE_BYTES:
+        raise FedpktError(
+            f"'{where}' has {free / 2**20:.1f} MiB free; a run directory needs at least "
+            f"{MIN_FREE_BYTES // 2**20} MiB: free some space, or use another --run-dir"
+        )
+
+
+def disk_full(root: Path) -> str | None:
+    """'no space left ...' when the filesystem of ``root`` is full (how to report a run that
+    failed of it, whichever process hit the error first), else None."""
+    where, free = _free_bytes(root)
+    if free >= FULL_BYTES:
+        return None
+    return f"no space left on the device of '{where}' ({free // 1024} KiB free)"
 
 
 def phase1_runs(cfg: FedpktConfig, phases: str) -> bool:
@@ -227,6 +273,7 @@ def check_run_dir(
     is written: not a directory, a config that would mix two experiments, and (for a federated
     run of ``phases``) finished work that only ``--resume`` may continue."""
     run = RunDir(Path(root))
+    check_free_space(run.root)
     if not run.root.exists():
         return
     if not run.root.is_dir():
@@ -281,7 +328,7 @@ def check_resumable(run: RunDir) -> None:
 
 def _check_json(path: Path, what: str) -> None:
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        json.loads(_regular(path, what).read_text(encoding="utf-8"))
     except OSError as err:
         raise os_error(err, f"cannot read the {what}") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -295,7 +342,7 @@ def _check_safetensors(path: Path, what: str) -> None:
     from safetensors.numpy import load
 
     try:
-        load(path.read_bytes())
+        load(_regular(path, what).read_bytes())
     except OSError as err:
         raise os_error(err, f"cannot read the {what}") from None
     except Exception as err:  # safetensors raises its own error types for a damaged file

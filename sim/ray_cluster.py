@@ -96,7 +96,7 @@ def ray_session(
         "env_vars": worker_env(sim, log),
         "worker_process_setup_hook": WORKER_SETUP_HOOK,
     }
-    with driver_log(log):
+    with driver_log(log, verbose):
         try:
             if sim.ray_address:
                 with _joined(sim.ray_address, runtime_env, keep=True, verbose=verbose):

@@ -24,12 +24,19 @@ from clients.app import make_client_app
 from fedpkt.atomic import atomic_write_json
 from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_client, load_manifest
-from fedpkt.errors import FedpktError
+from fedpkt.errors import FedpktError, os_error
 from fedpkt.model.backbone import load_backbone, load_backbone_from_config
 from fedpkt.preflight import check_run_inputs
 from fedpkt.privacy.exposure import client_canaries, exposure_markdown, exposure_table
 from fedpkt.report import append_section
-from fedpkt.rundir import RunDir, check_run_dir, create_run_dir, ensure_partitions, run_path
+from fedpkt.rundir import (
+    RunDir,
+    check_run_dir,
+    create_run_dir,
+    disk_full,
+    ensure_partitions,
+    run_path,
+)
 from fedpkt.runlock import check_unlocked, hold_run_dir
 from server.app import ServerSettings, make_server_app
 from sim.ray_cluster import check_resources, ray_session
@@ -52,6 +59,7 @@ def quiet_runtime(verbose: bool = False) -> None:
     flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
     if not any(isinstance(f, _DropDeprecationNotice) for f in flwr_logger.filters):
         flwr_logger.addFilter(_DropDeprecationNotice())
+    logging.raiseExceptions = False  # a log line that cannot be written is no traceback
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -101,9 +109,19 @@ def simulate(
     )
     # One run directory, one run: the lock comes before anything is written there.
     with hold_run_dir(root):
-        return _simulate(
-            cfg, root, phases, resume, method, on_event, num_workers, client_mods, verbose
-        )
+        try:
+            return _simulate(
+                cfg, root, phases, resume, method, on_event, num_workers, client_mods, verbose
+            )
+        except (FedpktError, OSError) as err:
+            full = disk_full(root)
+            if full is None:
+                raise
+            first = str(os_error(err) if isinstance(err, OSError) else err)[:200]
+            raise FedpktError(
+                f"{full}; the run stopped ({first}); free some space, then continue with "
+                f"`fedpkt simulate --run-dir {root} --resume`"
+            ) from None
 
 
 def check_simulate(
