@@ -28,6 +28,7 @@ from fedpkt.atomic import atomic_write_bytes, atomic_write_json, atomic_write_te
 from fedpkt.config import privacy_mechanisms
 from fedpkt.errors import FedpktError
 from fedpkt.report import METRICS, NOT_MEASURED, PARTS, ResultRow, format_pct, read_results
+from fedpkt.rundir import RunDir
 
 Mode = Literal["federated", "centralized"]
 BASELINES_MANIFEST = "baselines.json"
@@ -135,6 +136,30 @@ def run_mode(run_dir: Path) -> Mode:
     return "centralized" if (run_dir / BASELINES_MANIFEST).is_file() else "federated"
 
 
+def unfinished(run_dir: Path, mode: Mode) -> str | None:
+    """Why a run directory's results are not final (None: they are).
+
+    A federated run is final once its last work (a round, a persona, phase 2's start) is
+    followed by a ``done`` event; a centralized one once every setting it started is done.
+    A directory without ``metrics.jsonl`` (a results.json on its own) is taken as it is.
+    """
+    events = RunDir(run_dir).events()
+    if not events:
+        return None
+    if mode == "centralized":
+        started = [e.get("setting") for e in events if e.get("event") == "setting"]
+        done = {e.get("setting") for e in events if e.get("event") == "setting_done"}
+        if started and started[-1] not in done:
+            return f"setting '{started[-1]}' was started and never finished"
+        return None
+    work = ("round", "client", "phase2_start", "phase1_skipped")
+    last_work = max((i for i, e in enumerate(events) if e.get("event") in work), default=-1)
+    last_done = max((i for i, e in enumerate(events) if e.get("event") == "done"), default=-1)
+    if last_done < last_work:
+        return "its metrics.jsonl has no 'done' event after its last work: it was stopped"
+    return None
+
+
 def paper_setting(method: str, mode: Mode, config: Mapping[str, Any]) -> str:
     """The Table 2 setting a results row stands for (its own method name if none)."""
     if method in PAPER_TABLE2:
@@ -168,8 +193,19 @@ def load_rows(run_dirs: Sequence[str | Path]) -> list[CompareRow]:
     found: list[tuple[str, Mode, str, dict[str, ResultRow], tuple[str, ...]]] = []
     for run_dir in run_dirs:
         path = Path(run_dir)
-        results = read_results(path)
         mode = run_mode(path)
+        why = unfinished(path, mode)
+        if why is not None:
+            again = (
+                "simulate --run-dir {0} --resume"
+                if mode == "federated"
+                else "baselines --run-dir {0}"
+            )
+            raise FedpktError(
+                f"run '{path}' is unfinished ({why}); finish it with `fedpkt "
+                f"{again.format(path)}` before comparing it"
+            )
+        results = read_results(path)
         privacy = tuple(privacy_mechanisms(results.config))
         by_setting: dict[str, dict[str, ResultRow]] = {}
         for row in results.rows:
