@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from cli.common import console, exits_cleanly
-from fedpkt.config import DataConfig
+from fedpkt.config import MAX_SEED, DataConfig
 from fedpkt.data.partition import default_part_b, load_corpus, prepare_partitions
 from fedpkt.data.personachat import check_variant
 from fedpkt.data.split import CorpusSplit, split_corpus
@@ -63,7 +64,8 @@ FewShotOption = typer.Option(
 PartBOption = typer.Option(
     None,
     "--part-b",
-    help="Part B size: a count (>= 1) or a share in (0, 1) of the regular personas. Default: "
+    help="Part B size: a count (0: no Part B) or a share in (0, 1) of the regular personas. "
+    "Default: "
     f"the synthetic preset's count, or {_DEFAULTS.part_b_fraction} for PERSONA-CHAT.",
 )
 
@@ -80,7 +82,25 @@ def _check_source(source: str, scale: str, path: str, variant: str) -> None:
 def _part_b(source: str, scale: str, part_b: float | None) -> float:
     if part_b is None:
         return default_part_b(source, scale, _DEFAULTS.part_b_fraction)
-    return int(part_b) if part_b >= 1 and float(part_b).is_integer() else part_b
+    if math.isfinite(part_b) and part_b >= 0 and part_b.is_integer():
+        return int(part_b)  # 0: every regular persona in Part A (as fedpkt.data.split has it)
+    if not (math.isfinite(part_b) and 0 < part_b < 1):
+        raise FedpktError(
+            f"--part-b {part_b:g}: expected a count (a whole number, 0 for no Part B) or a "
+            "share in (0, 1)"
+        )
+    return part_b
+
+
+def _check_numbers(seed: int, few_shot_threshold: int, canaries: int = 0) -> None:
+    """The flags' values in the ranges of the config keys they stand for (one line each)."""
+    for flag, value, low, high in (
+        ("--seed", seed, 0, MAX_SEED),
+        ("--few-shot-threshold", few_shot_threshold, 2, 1000),
+        ("--canaries", canaries, 0, 10000),
+    ):
+        if not low <= value <= high:
+            raise FedpktError(f"{flag} {value}: expected {low} to {high}")
 
 
 def _print_table(split: CorpusSplit, title: str) -> None:
@@ -124,6 +144,7 @@ def prepare(
 ) -> None:
     """Split the data and write one folder per client plus manifest.json under --out."""
     _check_source(source, scale, path, variant)
+    _check_numbers(seed, few_shot_threshold, canaries)
     split = prepare_partitions(
         out,
         source=source,
@@ -157,6 +178,7 @@ def stats(
 ) -> None:
     """Print the paper's Table 1 layout (personas and train/valid/test dialogues per part)."""
     _check_source(source, scale, path, variant)
+    _check_numbers(seed, few_shot_threshold)
     corpus = load_corpus(source, scale, path, seed, variant, revision, data_dir)
     split = split_corpus(corpus, seed, few_shot_threshold, _part_b(source, scale, part_b))
     _print_table(split, _title(source, scale, path, seed, variant))

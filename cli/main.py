@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import click
 import typer
 
 from cli import backbone_cmd, config_cmd, data_cmd, simulate_cmd
@@ -30,8 +33,24 @@ app.command("export")(export_command)
 
 
 def main() -> None:
-    """Run the CLI."""
-    app()
+    """Run the CLI; a usage error (unknown option, missing or bad argument) is one line with
+    the ``--help`` hint and exit code 2, not click's boxed panel."""
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:  # bare `fedpkt`: its help was shown
+        code = err.exit_code
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "fedpkt"
+        message = " ".join(err.format_message().split())
+        click.echo(f"error: {message} (see `{where} --help`)", err=True)
+        code = 2
+    except click.ClickException as err:  # a bad file argument and the like
+        click.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+        code = err.exit_code
+    except click.Abort:  # Ctrl-C at a prompt (chat)
+        click.echo("stopped by SIGINT", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,14 @@ def export_command(
     run_dir: Path = RunArg,
     persona: str = PersonaOption,
     out: Path = typer.Option(..., "--out", "-o", help="Adapter directory to write."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace what a non-empty --out holds."
+    ),
 ) -> None:
     """Write a personalized prefix as a PEFT adapter (PeftModel.from_pretrained loads it)."""
-    from fedpkt.personal import export_personal_prefix
+    from fedpkt.personal import check_export_target, export_personal_prefix
 
-    path = export_personal_prefix(run_dir, persona, out)
+    check_export_target(out, overwrite)  # before the backbone loads
+    path = export_personal_prefix(run_dir, persona, out, overwrite=overwrite)
     console.print(f"PEFT adapter written to {path}")
     console.print("generate with it through fedpkt.model.adapter.load_adapter (see README)")

@@ -7,6 +7,9 @@ except on purpose by ``export`` (a PEFT adapter for use outside fedpkt).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,12 +61,40 @@ def open_personal_prefix(run_dir: str | Path, client_id: str) -> PersonalPrefix:
     return PersonalPrefix(client_id, folded, shape, backbone)
 
 
-def export_personal_prefix(run_dir: str | Path, client_id: str, out_dir: str | Path) -> Path:
-    """Write the persona's prefix as a PEFT prefix-tuning adapter directory."""
+def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """``out_dir`` as an export may use it: new or empty, or anything with ``overwrite``
+    (its old files are replaced, never mixed with the adapter's)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FedpktError(f"--out '{out}' is a file; expected a new or empty directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FedpktError(
+            f"--out '{out}' is not empty; expected a new or empty directory, or --overwrite "
+            "to replace what it holds"
+        )
+    return out
+
+
+def export_personal_prefix(
+    run_dir: str | Path, client_id: str, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write the persona's prefix as a PEFT prefix-tuning adapter directory.
+
+    The adapter is written beside ``out_dir`` first and then takes its place, so ``out_dir``
+    ends up holding the adapter's files only.
+    """
+    out = check_export_target(out_dir, overwrite)
     personal = open_personal_prefix(run_dir, client_id)
-    return export_peft_adapter(
-        personal.folded, personal.shape, str(personal.backbone.path), out_dir
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        export_peft_adapter(personal.folded, personal.shape, str(personal.backbone.path), staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
 
 
 @dataclass

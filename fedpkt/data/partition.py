@@ -236,6 +236,11 @@ def prepare_partitions(
     corpus = load_corpus(source, scale, path, seed, variant, revision, data_dir)
     b = default_part_b(source, scale) if part_b is None else part_b
     split = split_corpus(corpus, seed, few_shot_threshold, b)
+    if not split.clients:
+        raise FedpktError(
+            f"no persona of {source} has enough dialogues to be a client ({split.dropped_personas} "
+            "dropped with fewer than 3); expected at least one: use a larger corpus"
+        )
     planted = plant_canaries(split, canaries, seed) if canaries else {}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

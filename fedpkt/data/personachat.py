@@ -102,12 +102,15 @@ def _parse_parlai_lines(lines: Iterable[str], name: str, builder: _CorpusBuilder
     previous = 0
     stem = Path(name).stem
 
+    started = 1  # the line the current episode starts on
+
     def flush() -> None:
         nonlocal episode
         if texts:
             if not persona:
                 raise FedpktError(
-                    f"ParlAI file '{name}': episode {episode} has no 'your persona:' lines"
+                    f"ParlAI file '{name}' line {started}: episode {episode} has no "
+                    "'your persona:' lines"
                 )
             builder.add(f"{stem}-{episode:05d}", persona, _turns(texts))
             episode += 1
@@ -124,7 +127,7 @@ def _parse_parlai_lines(lines: Iterable[str], name: str, builder: _CorpusBuilder
         index, body = int(match.group(1)), match.group(2)
         if index <= previous:
             flush()
-            persona, texts = [], []
+            persona, texts, started = [], [], number
         previous = index
         lowered = body.lower()
         if lowered.startswith("your persona:"):
