@@ -285,9 +285,10 @@ def check_run_dir(
         check_resumable(run)
     if phases is None or resume:
         return
-    if phase1_runs(cfg, phases) and any(run.checkpoints.glob("round-*.json")):
+    rounds = any(run.checkpoints.glob("round-*.json")) or run.events("round")
+    if phase1_runs(cfg, phases) and rounds:
         raise FedpktError(
-            f"'{run.root}' already has phase-1 checkpoints; pass --resume to continue it, or "
+            f"'{run.root}' already has phase-1 rounds; pass --resume to continue it, or "
             "use a new --run-dir"
         )
     done = {e.get("client_id") for e in run.events("client")}

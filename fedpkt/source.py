@@ -111,13 +111,20 @@ class SourceTrainer:
 
     # -- aggregation ------------------------------------------------------------------------
     def validate(self, update: ClientUpdate) -> None:
-        """Reject a reply whose arrays do not match θ (names, shapes, dtype, finiteness)."""
+        """Reject a reply whose arrays do not match θ (names, shapes, dtype, finiteness), or
+        whose example count is not within 1 and what the client's handshake reported."""
         if update.client_id not in self.counts:
             raise FedpktError(f"reply from unknown client '{update.client_id}'")
         if update.num_examples <= 0:
             raise FedpktError(
                 f"client '{update.client_id}' reported num-examples={update.num_examples}; "
                 "expected a positive count"
+            )
+        if update.num_examples > self.counts[update.client_id]:  # the base strategy's weight
+            raise FedpktError(
+                f"client '{update.client_id}' reported num-examples={update.num_examples}; "
+                f"expected at most the {self.counts[update.client_id]} training examples its "
+                "handshake reported"
             )
         if not np.isfinite(update.loss):
             raise FedpktError(f"client '{update.client_id}' reported a non-finite loss")

@@ -198,7 +198,7 @@ class SourcePrefixStrategy(Strategy):
                 update = ClientUpdate(
                     client_id=cid,
                     arrays=from_array_record(record),
-                    num_examples=int(metrics["num-examples"]),
+                    num_examples=_whole(metrics["num-examples"], "num-examples"),
                     loss=float(metrics["train-loss"]),
                 )
                 self.trainer.validate(update)
@@ -311,3 +311,13 @@ class SourcePrefixStrategy(Strategy):
             if self.on_round is not None:
                 self.on_round(event)
         return self.trainer.theta
+
+
+def _whole(value: object, key: str) -> int:
+    """A reply's count as an int: a whole number (Flower metric records may hold it as a
+    float), not a truncated 3.7, NaN or a list."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FedpktError(f"{key}={value!r}; expected a whole number")
+    if isinstance(value, float) and not value.is_integer():
+        raise FedpktError(f"{key}={value!r}; expected a whole number")
+    return int(value)

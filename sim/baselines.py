@@ -251,6 +251,12 @@ def check_baselines(cfg: FedpktConfig, run_dir: str | Path | None = None) -> Pat
     directory it will use: the inputs (``fedpkt.preflight``), then a run directory in use or
     holding another experiment."""
     check_run_inputs(cfg)
+    load_backbone(  # loaded once here (the runs reuse it): broken weights refused early
+        cfg.backbone.name,
+        embedded_size=cfg.backbone.embedded_size,
+        device=cfg.backbone.device,
+        dtype=cfg.backbone.dtype,
+    )
     root = run_path(cfg, run_dir, prefix="baselines").absolute()
     check_unlocked(root)
     check_run_dir(cfg, root)

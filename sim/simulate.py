@@ -99,14 +99,6 @@ def simulate(
     """Run phase 1 and/or phase 2 in Flower's Simulation Engine; returns the run directory."""
     quiet_runtime(verbose)
     root = check_simulate(cfg, run_dir, phases=phases, resume=resume)
-    # Build/resolve the backbone here, once, so that simulation workers only load it; a
-    # broken one (weights, tokenizer) is refused before anything is written.
-    load_backbone(
-        cfg.backbone.name,
-        embedded_size=cfg.backbone.embedded_size,
-        device=cfg.backbone.device,
-        dtype=cfg.backbone.dtype,
-    )
     # One run directory, one run: the lock comes before anything is written there.
     with hold_run_dir(root):
         try:
@@ -140,6 +132,7 @@ def check_simulate(
     """
     if phases not in ("all", "source", "personalize"):
         raise FedpktError(f"phases='{phases}' is not one of all, source, personalize")
+    quiet_runtime()
     check_resources(cfg.simulation)
     check_run_inputs(cfg)
     device = cfg.backbone.device
@@ -149,6 +142,14 @@ def check_simulate(
             "simulation.gpus_per_client=0 gives the simulation workers none; use "
             "--gpus-per-client (e.g. 0.25) or backbone.device='auto'"
         )
+    # Build/resolve and load the backbone here, once (workers then only load it; this process
+    # keeps it): broken weights or tokenizer are refused before anything is written.
+    load_backbone(
+        cfg.backbone.name,
+        embedded_size=cfg.backbone.embedded_size,
+        device=cfg.backbone.device,
+        dtype=cfg.backbone.dtype,
+    )
     root = run_path(cfg, run_dir).absolute()
     check_unlocked(root)
     check_run_dir(cfg, root, resume=resume, phases=phases)

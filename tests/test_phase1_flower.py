@@ -100,6 +100,9 @@ def _faulty_mod(faults: dict[str, str]):
         reply = call_next(msg, context)
         if msg.metadata.message_type != "train" or fault is None or reply.has_error():
             return reply
+        if fault == "count":  # a weight for the base strategy far above its data
+            reply.content["metrics"]["num-examples"] = 10**12
+            return reply
         arrays: ArrayRecord = reply.content["arrays"]
         name = next(iter(arrays.keys()))
         value = arrays[name].numpy()
@@ -117,6 +120,7 @@ def _faulty_mod(faults: dict[str, str]):
 
 def test_bad_replies_are_left_out_and_the_round_succeeds(tmp_path: Path) -> None:
     faults = {"A-0000": "crash", "A-0001": "nan", "A-0002": "shape", "A-0003": "dtype"}
+    faults["A-0004"] = "count"
     cfg = tiny_config(phase1__rounds=2, phase1__clients_per_round=8, phase1__min_clients=2)
     run = simulate(cfg, tmp_path / "run", phases="source", client_mods=[_faulty_mod(faults)])
     rounds = run.events("round")
@@ -128,5 +132,6 @@ def test_bad_replies_are_left_out_and_the_round_succeeds(tmp_path: Path) -> None
         assert "NaN" in reasons["A-0001"]
         assert "shape" in reasons["A-0002"]
         assert "dtype" in reasons["A-0003"]
-        assert event["failures"] == 4
+        assert "num-examples=1000000000000; expected at most" in reasons["A-0004"]
+        assert event["failures"] == 5
     assert run.source_prefix.is_file()

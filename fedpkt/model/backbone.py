@@ -238,8 +238,15 @@ def _load_tokenizer(path: Path, name: str) -> PreTrainedTokenizerBase:
 def _load(path: Path, name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
     check_causal_lm(path, name)
     tokenizer = _load_tokenizer(path, name)
-    with quiet_hf_progress():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        with quiet_hf_progress():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as err:  # torch, safetensors and transformers raise many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FedpktError(
+            f"backbone '{name}' has weights in '{path}' that cannot be loaded "
+            f"({type(err).__name__}: {first[:200]})"
+        ) from None
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise FedpktError(
