@@ -34,6 +34,7 @@ import psutil
 HARD_DEADLINE_S = 8.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _QUIT = 0  # not a signal number: tells the watcher thread to end
+_wakeup: list[int] = []  # the wakeup fds of the stop_on_signals blocks now open
 
 
 def exit_code(signum: int) -> int:
@@ -139,11 +140,13 @@ def stop_on_signals(
 
     previous = {sig: signal.signal(sig, lambda signum, frame: stop(signum)) for sig in SIGNALS}
     old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    _wakeup.append(write_fd)
     watcher = threading.Thread(target=watch, name="fedpkt-stop", daemon=True)
     watcher.start()
     try:
         yield
     finally:
+        _wakeup.remove(write_fd)
         signal.set_wakeup_fd(old_wakeup)
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -154,7 +157,7 @@ def stop_on_signals(
 
 
 def reclaim_signals() -> None:
-    """Re-install this process's Python handlers of SIGINT and SIGTERM.
+    """Re-install this process's Python handlers of SIGINT and SIGTERM (and wakeup fd).
 
     ``ray.init`` installs its own C-level SIGTERM handler in the driver (it aborts the process:
     exit 134 and a stack dump), replacing Python's; call this right after it. Main thread only.
@@ -165,6 +168,8 @@ def reclaim_signals() -> None:
         handler = signal.getsignal(sig)
         if handler is not None:
             signal.signal(sig, handler)
+    if _wakeup:  # and the wakeup fd, should a library have set its own
+        signal.set_wakeup_fd(_wakeup[-1], warn_on_full_buffer=False)
 
 
 def interrupted_by(signum: int) -> str:
