@@ -294,7 +294,7 @@ def cases() -> list[Case]:
             files(**{"model__config.json": "{nope"}),
         ),
         Case(
-            "--backbone not a causal LM",
+            "--backbone with unreadable weights",
             [*simulate, "--backbone", "./model"],
             fake_backbone({"model_type": "bert", "architectures": ["BertModel"]}),
         ),

@@ -580,6 +580,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         preset = PRESET_DIR / f"{path}.toml"
         if preset.is_file():
             file = preset
+        elif file.exists():  # a directory, or a FIFO that would block the read
+            raise FedpktError(f"config file '{path}' is not a regular file (expected a TOML file)")
         else:
             raise FedpktError(f"config file '{path}' does not exist (expected a TOML file)")
     try:

@@ -203,7 +203,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FedpktError(
             f"output directory '{out}' is not empty (expected a new or empty directory, "
-            "or overwrite=True)"
+            "or --overwrite)"
         )
 
 
