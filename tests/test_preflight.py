@@ -42,7 +42,8 @@ def test_bad_inputs_are_refused_before_the_run_directory_exists(
 def _started_run(tmp_path: Path, **values: object) -> RunDir:
     """A run directory as a run leaves it after its first phase-1 round."""
     run = create_run_dir(tiny_config(**values), tmp_path / "run")
-    run.log_event({"event": "round", "round": 1, "train_loss": 3.0, "seconds": 1.0})
+    round_one = {"event": "round", "round": 1, "train_loss": 3.0, "seconds": 1.0}
+    run.log_event({**round_one, "sampled": ["A-0000"], "failures": []})
     return run
 
 
