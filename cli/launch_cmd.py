@@ -52,6 +52,9 @@ def launch_command(
         "all", "--phase", help="all (phases 1+2), source (phase 1 only), personalize (phase 2)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
+    node_poll: float = typer.Option(
+        0.25, "--node-poll", help="Seconds an idle SuperNode waits between asks (Flower's: 3)."
+    ),
 ) -> None:
     """Run PersonaPKT on a real Flower SuperLink and SuperNodes (one OS process each)."""
     from sim.launch import LaunchOptions, launch, parse_gpus, parse_shard, validate_options
@@ -73,6 +76,7 @@ def launch_command(
         wait_for_nodes=wait_for_nodes,
         phases=phase,
         resume=resume,
+        node_poll_s=node_poll,
     )
     validate_options(options)  # bad flags: one line, before any progress display or file
     from fedpkt.model.positions import check_backbone_fits

@@ -82,6 +82,7 @@ class Started:
     argv: list[str]
     log: Path
     info: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -133,7 +134,8 @@ class ProcessSet:
         return started
 
     def get(self, name: str) -> Started:
-        return next(s for s in self.started if s.name == name)
+        """The latest process started under ``name`` (a restarted worker replaces its last)."""
+        return next(s for s in reversed(self.started) if s.name == name)
 
     def write_record(self) -> None:
         rows = [
@@ -179,6 +181,16 @@ class ProcessSet:
             with contextlib.suppress(psutil.Error):
                 if _alive(proc):
                     proc.send_signal(sig)
+
+    def stop_one(self, started: Started, grace: float = 5.0) -> None:
+        """SIGTERM one process group, SIGKILL it after ``grace`` seconds, and reap it."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(started.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                started.popen.wait(timeout=wait)
+                break
+        self.write_record()
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every group and descendant, SIGKILL what is left after ``grace`` seconds."""
