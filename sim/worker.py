@@ -141,15 +141,18 @@ class Worker:
     def serve_forever(self) -> None:
         log_line(INFO, "serving ClientApp tasks from %s", self.tasks.address)
         while True:
-            claim = self.tasks.claim()
-            if claim is None:
+            if not self.serve_one():
                 time.sleep(self.poll_s)
-                continue
-            if self.stale or (
-                self.bound is not None and self.bound != (claim.run_id, claim.fab_hash)
-            ):
-                self.hand_over(claim)
-            self.run_task(claim)
+
+    def serve_one(self) -> bool:
+        """Claim the next task and run it here, or hand it over; False when none was pending."""
+        claim = self.tasks.claim()
+        if claim is None:
+            return False
+        if self.stale or (self.bound is not None and self.bound != (claim.run_id, claim.fab_hash)):
+            self.hand_over(claim)
+        self.run_task(claim)
+        return True
 
     def hand_over(self, claim: Claim) -> None:
         """Give a claimed task to a fresh interpreter in this process (never returns)."""

@@ -12,15 +12,23 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from flwr.app import Error, Message, RecordDict
 from flwr.app.message import make_message
 from flwr.app.metadata import Metadata
 
 from sim.flower_pin import FLOWER_MINOR, flower_version_problem
 from sim.processes import ProcessSet
-from sim.runtime_tasks import request_from_metadata, request_metadata_text
+from sim.runtime_tasks import Claim, request_from_metadata, request_metadata_text
 from sim.supernode import CappedSleep
-from sim.worker import clear_held, cuda_broken, packages_outside, read_held, write_held
+from sim.worker import (
+    Worker,
+    clear_held,
+    cuda_broken,
+    packages_outside,
+    read_held,
+    write_held,
+)
 from sim.worker_pool import QUICK_DEATHS, WorkerPool, WorkerSlot, worker_name
 
 
@@ -90,6 +98,70 @@ def test_app_packages_imported_outside_the_fab_are_named(tmp_path: Path) -> None
     assert packages_outside(fab, modules) == {"fedpkt": "/src/fedpkt/__init__.py"}
     del modules["fedpkt"]
     assert packages_outside(fab, modules) == {}
+
+
+class Claims:
+    """The claiming side of a SuperNode with the given pending tasks."""
+
+    address = "127.0.0.1:0"
+
+    def __init__(self, *claims: Claim) -> None:
+        self.pending = list(claims)
+
+    def claim(self) -> Claim | None:
+        return self.pending.pop(0) if self.pending else None
+
+
+class Exec(Exception):
+    """Raised instead of os.execv replacing the test's interpreter."""
+
+
+def test_a_task_of_another_app_goes_to_a_fresh_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter bound to run 1 / FAB aaa claims a task of run 2 / FAB bbb: it records the
+    task as handed over and re-executes itself (same pid); the fresh interpreter runs that
+    task first. A task of its own run it runs itself."""
+    state, timings = tmp_path / "worker-0.json", tmp_path / "worker-0.tasks.jsonl"
+    execs: list[list[str]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        execs.append([path, *argv])
+        raise Exec
+
+    monkeypatch.setattr(os, "execv", execv)
+    foreign = Claim("token-2", 9, 2, "bbb")
+    worker = Worker(Claims(foreign), state, timings, 0.01)  # type: ignore[arg-type]
+    worker.bound = (1, "aaa")
+    with pytest.raises(Exec):
+        worker.serve_one()
+    assert execs == [[sys.executable, sys.executable, *sys.orig_argv[1:]]]
+    assert read_held(state) == {
+        "stage": "handover", "token": "token-2", "task_id": 9, "run_id": 2, "fab_hash": "bbb"
+    }  # fmt: skip
+
+    fresh = Worker(Claims(), state, timings, 0.01)  # type: ignore[arg-type]
+    ran: list[Claim] = []
+    monkeypatch.setattr(fresh, "run_task", ran.append)
+    assert fresh.recover("unknown") is True
+    assert ran == [foreign]
+
+    own = Claim("token-3", 10, 2, "bbb")
+    fresh.bound = (2, "bbb")
+    fresh.tasks = Claims(own)  # type: ignore[assignment]
+    assert fresh.serve_one() is True
+    assert ran == [foreign, own]
+    assert fresh.serve_one() is False  # nothing pending
+
+
+def test_an_app_that_failed_to_load_is_not_retried_in_the_same_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "execv", lambda path, argv: (_ for _ in ()).throw(Exec()))
+    worker = Worker(Claims(Claim("t", 1, 1, "aaa")), tmp_path / "w.json", tmp_path / "t", 0.01)  # type: ignore[arg-type]
+    worker.bound, worker.stale = (1, "aaa"), True  # half-imported modules may linger
+    with pytest.raises(Exec):
+        worker.serve_one()
 
 
 def test_cuda_errors_retire_the_interpreter() -> None:
