@@ -198,6 +198,7 @@ class Worker:
             except Exception as err:  # the task is gone: expired or stopped
                 log_line(ERROR, "task %s: could not pull its input: %s", claim.task_id, err)
                 timing.update(ok=False, details=f"pull failed: {err}")
+                clear_held(self.state)
                 return
             meta = message.metadata
             timing.update(
@@ -231,9 +232,9 @@ class Worker:
             self.hold(claim, "replied")
             session.finish(context, ok, details)
             timing.update(finished=time.time(), ok=ok)
+            clear_held(self.state)  # answered; after anything unexpected a successor answers
         finally:
             session.close()
-            clear_held(self.state)
             self.record(timing)
         if exit_code is not None:
             log_line(ERROR, "CUDA error: exiting so that the launcher starts a fresh worker")
