@@ -1,6 +1,6 @@
 """``fedpkt launch`` against ``fedpkt simulate`` on the reduced e2e run; prints JSON.
 
-    python bench/launch.py [--out DIR] [--supernodes 3] [--node-poll 0.25] [--no-simulate]
+    python bench/launch.py [--out DIR] [--supernodes 3] [--node-poll 0.2] [--no-simulate]
 
 Runs the real CLI twice with the configuration of ``tests/test_launch_e2e.py`` (tiny embedded
 backbone and corpus, 2 phase-1 rounds of 3 clients, phase 2 for the 6 Part B/C personas, same
@@ -239,7 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="where the runs go (default tmp)")
     parser.add_argument("--supernodes", type=int, default=3)
-    parser.add_argument("--node-poll", type=float, default=0.25)
+    parser.add_argument("--node-poll", type=float, default=0.2)
     parser.add_argument("--no-simulate", action="store_true")
     parser.add_argument("--import-repeats", type=int, default=3)
     args = parser.parse_args()
@@ -252,6 +252,8 @@ def main() -> None:
     launch = phases(run_dir, started, ended)
     launch["stages_s"] = {name: at - started for name, at in sorted(marks.items(), key=str)}
     launch["node_poll_s"] = args.node_poll
+    rows = json.loads((run_dir / "launch" / "processes.json").read_text())["processes"]
+    launch["cpu_s"] = {row["name"]: row.get("cpu_s") for row in rows}  # at the stop
     ex = exchanges(run_dir)
     handshake = [e for e in ex if e["type"] == "query"]
     timed = [e for e in ex if e["type"] != "query"]

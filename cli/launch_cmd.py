@@ -53,7 +53,9 @@ def launch_command(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
     node_poll: float = typer.Option(
-        0.25, "--node-poll", help="Seconds an idle SuperNode waits between asks (Flower's: 3)."
+        0.2,
+        "--node-poll",
+        help="Seconds an idle SuperNode (and its worker) waits between asks (Flower's: 3).",
     ),
 ) -> None:
     """Run PersonaPKT on a real Flower SuperLink and SuperNodes (one OS process each)."""

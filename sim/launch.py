@@ -349,7 +349,7 @@ class Launch:
                 client_ids=list(plan.client_ids),
                 runtime_port=port,
             )
-            self.workers.start(plan, node, port, home)
+            self.workers.start(plan, node, port, home, o.node_poll_s)
             device = "CPU" if plan.gpu is None else f"GPU {plan.gpu}"
             clients = ", ".join(plan.client_ids)
             self.say(

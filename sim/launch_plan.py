@@ -100,7 +100,7 @@ class LaunchOptions:
     resume: bool = False
     startup_timeout_s: float = 180.0
     status_every_s: float = 30.0
-    node_poll_s: float = 0.25
+    node_poll_s: float = 0.2
 
 
 @dataclass(frozen=True)

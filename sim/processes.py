@@ -5,7 +5,8 @@ Flower's detached helpers (the SuperLink's SuperExec and the ServerApps it spawn
 through psutil as descendants. ``ProcessSet.stop`` (which ``fedpkt launch`` runs on success,
 failure, Ctrl-C or SIGTERM) sends SIGTERM to each group, then SIGKILL to whatever is left, and
 waits for them. ``launch/processes.json`` records what was started: name, pid, process group,
-argv, log, exit code and the launcher's own details (GPU, clients, ports).
+argv, log, exit code, CPU seconds used (``cpu_s``, taken just before the stop) and the
+launcher's own details (GPU, clients, ports).
 
 Also here: where Flower's executables are (beside this interpreter first) and the environment
 every Flower process gets (``child_env``), which the ``flwr`` CLI wrapper shares.
@@ -192,9 +193,18 @@ class ProcessSet:
                 break
         self.write_record()
 
+    def note_cpu(self) -> None:
+        """Record each running process's CPU seconds so far (user + system) as ``cpu_s``."""
+        for s in self.started:
+            if s.running():
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(s.pid).cpu_times()
+                    s.info["cpu_s"] = round(times.user + times.system, 2)
+
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every group and descendant, SIGKILL what is left after ``grace`` seconds."""
         self.refresh()
+        self.note_cpu()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self._living() and time.monotonic() < deadline:

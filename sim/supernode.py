@@ -33,7 +33,7 @@ from typing import Any
 
 from sim.flower_pin import flower_version_problem
 
-DEFAULT_POLL_S = 0.25
+DEFAULT_POLL_S = 0.2
 POLL_ENV = "FEDPKT_NODE_POLL_S"
 PULL_BACKOFF_S = (0.02, 0.2)
 

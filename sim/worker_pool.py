@@ -66,10 +66,12 @@ class WorkerPool:
         self.on_event = on_event
         self.slots: list[WorkerSlot] = []
 
-    def start(self, plan: NodePlan, node: Started, runtime_port: int, flwr_home: Path) -> Started:
+    def start(
+        self, plan: NodePlan, node: Started, runtime_port: int, flwr_home: Path, poll_s: float
+    ) -> Started:
         name = worker_name(plan.name)
         argv = [sys.executable, "-m", "sim.worker", "--runtime", f"127.0.0.1:{runtime_port}"]
-        argv += ["--supernode-pid", str(node.pid)]
+        argv += ["--supernode-pid", str(node.pid), "--poll", str(poll_s)]
         argv += ["--state", str(self.state_dir / f"{name}.json")]
         argv += ["--timings", str(self.logs / f"{name}.tasks.jsonl")]
         visible = "" if plan.gpu is None else str(plan.gpu)
