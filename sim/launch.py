@@ -1,33 +1,42 @@
 """``fedpkt launch``: the fedpkt app on a real Flower federation of OS processes.
 
 Where ``fedpkt simulate`` runs virtual SuperNodes inside one process, this starts Flower's own
-executables from the installed environment: one ``flower-superlink`` and N
-``flower-supernode`` processes, each SuperNode pinned to one GPU (``CUDA_VISIBLE_DEVICES``,
-round-robin over ``--gpus``) and serving its own share of the client partitions (round-robin
-over the manifest's client ids, passed as the node config's ``client-ids``). It then submits
-the app with ``flwr run`` and follows ``RUN/metrics.jsonl`` until the ServerApp logs ``done``.
-The run directory ends up with the same files as ``fedpkt simulate``.
+code as OS processes: one ``flower-superlink`` and N SuperNodes (Flower's, through
+``sim.supernode`` for shorter waits, with ``--isolation process``), each with one warm ClientApp
+worker beside it (``sim.worker``, started and restarted by ``sim.worker_pool``) that serves all
+of that SuperNode's messages. Each SuperNode and its worker are pinned to one GPU
+(``CUDA_VISIBLE_DEVICES``, round-robin over ``--gpus``) and serve their own share of the client
+partitions (round-robin over the manifest's client ids, passed as the node config's
+``client-ids``). The app is submitted with ``flwr run`` while the SuperNodes start (the
+ServerApp waits for ``min-nodes``), and ``RUN/metrics.jsonl`` is followed until the ServerApp
+logs ``done``. The run directory ends up with the same files as ``fedpkt simulate``.
 
 Flower 1.42 serves the Fleet, Control and Runtime APIs of a SuperLink on one HTTP(S) port
-(``--host``/``--port``); each SuperNode also opens a local Runtime port for its ClientApps.
-Every port is picked free unless given.
+(``--host``/``--port``); each SuperNode also opens a local Runtime port, where its worker
+claims the ClientApp tasks. Every port is picked free unless given. The worker protocol is a
+Flower internal: ``validate_options`` refuses any Flower but 1.42 (``sim.flower_pin``).
 
 On success, failure, Ctrl-C or SIGTERM everything started is stopped — SIGTERM to each group,
 then SIGKILL to whatever is left — and waited for. This module is the orchestration only: the
 steps of one launch (``Launch``) and ``launch()``, which always stops what it started. Its parts
 live beside it, one job each: ``sim.launch_plan`` (options, validation, which clients and GPU
 each SuperNode gets), ``sim.network`` (addresses and ports), ``sim.processes`` (process groups,
-descendants, ``processes.json``), ``sim.flower_cli`` (the ``flwr`` CLI) and ``sim.certs`` (TLS).
-Their public names are re-exported here, so ``from sim.launch import X`` keeps working.
+descendants, ``processes.json``), ``sim.worker_pool`` (the workers), ``sim.flower_cli`` (the
+``flwr`` CLI) and ``sim.certs`` (TLS). Their public names are re-exported here, so
+``from sim.launch import X`` keeps working.
 
 Files (all under the run directory)::
 
     certs/                 ca.pem, server.pem/.key (generated unless given), nodes/ auth keys
-    logs/                  superlink.log, supernode-K.log, serverapp.log, flwr-cli.log
-    launch/processes.json  what was started: name, pid, process group, argv, log, GPU, clients
+    logs/                  superlink.log, supernode-K.log, worker-K.log, serverapp.log,
+                           flwr-cli.log; worker-K.tasks.jsonl (one timing line per message)
+    launch/processes.json  what was started: name, pid, process group, argv, log, GPU, clients,
+                           exit code, CPU seconds, restarts
     launch/supernode-K.toml  the node config of SuperNode K
     launch/run-config.toml   the run config handed to ``flwr run``
-    launch/flwr/<name>/    FLWR_HOME of each process (installed app copies), never ~/.flwr
+    launch/workers/        the task each worker holds, while it holds one
+    launch/flwr/<name>/    FLWR_HOME of each SuperNode and its worker (installed app copies),
+                           of the SuperLink and the CLI; never ~/.flwr
 """
 
 from __future__ import annotations
