@@ -60,6 +60,11 @@ def launch_command(
         "all", "--phase", help="all (phases 1+2), source (phase 1 only), personalize (phase 2)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue phase 1 from its checkpoint."),
+    node_poll: float = typer.Option(
+        0.2,
+        "--node-poll",
+        help="Seconds an idle SuperNode (and its worker) waits between asks (Flower's: 3).",
+    ),
 ) -> None:
     """Run PersonaPKT on a real Flower SuperLink and SuperNodes (one OS process each)."""
     from sim.launch import (
@@ -90,6 +95,7 @@ def launch_command(
                 wait_for_nodes=wait_for_nodes,
                 phases=phase,
                 resume=resume,
+                node_poll_s=node_poll,
             )
             root = check_launch(cfg, options, run_dir)  # one line, before any display or file
             with hold_run_dir(root):  # a live run's directory: one line

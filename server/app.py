@@ -33,6 +33,7 @@ from fedpkt.model.prefix import PrefixShape, stored_params
 from fedpkt.report import write_report
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from fedpkt.source import SourceTrainer, client_seed, initial_theta
+from server.grid import prompt
 from server.secure import client_dp_section, phase1_hooks
 from server.strategy import ClientDirectory, ClientEntry, SourcePrefixStrategy
 from wire import (
@@ -394,7 +395,8 @@ def make_server_app(settings: ServerSettings | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, settings or settings_from_context(context))
+        # Replies pulled every 0.1 s on every backend, not every 3 s (see server/grid.py).
+        run_server(prompt(grid), settings or settings_from_context(context))
 
     return app
 

@@ -70,7 +70,6 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 from flwr.supercore import log
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from fedpkt.algorithms import temperature_weights
 from fedpkt.config import DPConfig, FedpktConfig, Phase1Config, PrivacyConfig
@@ -113,6 +112,8 @@ def client_dp_epsilon(
     """
     if rounds <= 0:
         return 0.0
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent  # DP runs only
+
     orders = RDP_ALPHAS
     rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=rounds, orders=orders)
     epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)

@@ -1,33 +1,42 @@
 """``fedpkt launch``: the fedpkt app on a real Flower federation of OS processes.
 
 Where ``fedpkt simulate`` runs virtual SuperNodes inside one process, this starts Flower's own
-executables from the installed environment: one ``flower-superlink`` and N
-``flower-supernode`` processes, each SuperNode pinned to one GPU (``CUDA_VISIBLE_DEVICES``,
-round-robin over ``--gpus``) and serving its own share of the client partitions (round-robin
-over the manifest's client ids, passed as the node config's ``client-ids``). It then submits
-the app with ``flwr run`` and follows ``RUN/metrics.jsonl`` until the ServerApp logs ``done``.
-The run directory ends up with the same files as ``fedpkt simulate``.
+code as OS processes: one ``flower-superlink`` and N SuperNodes (Flower's, through
+``sim.supernode`` for shorter waits, with ``--isolation process``), each with one warm ClientApp
+worker beside it (``sim.worker``, started and restarted by ``sim.worker_pool``) that serves all
+of that SuperNode's messages. Each SuperNode and its worker are pinned to one GPU
+(``CUDA_VISIBLE_DEVICES``, round-robin over ``--gpus``) and serve their own share of the client
+partitions (round-robin over the manifest's client ids, passed as the node config's
+``client-ids``). The app is submitted with ``flwr run`` while the SuperNodes start (the
+ServerApp waits for ``min-nodes``), and ``RUN/metrics.jsonl`` is followed until the ServerApp
+logs ``done``. The run directory ends up with the same files as ``fedpkt simulate``.
 
 Flower 1.42 serves the Fleet, Control and Runtime APIs of a SuperLink on one HTTP(S) port
-(``--host``/``--port``); each SuperNode also opens a local Runtime port for its ClientApps.
-Every port is picked free unless given.
+(``--host``/``--port``); each SuperNode also opens a local Runtime port, where its worker
+claims the ClientApp tasks. Every port is picked free unless given. The worker protocol is a
+Flower internal: ``validate_options`` refuses any Flower but 1.42 (``sim.flower_pin``).
 
 On success, failure, Ctrl-C or SIGTERM everything started is stopped — SIGTERM to each group,
 then SIGKILL to whatever is left — and waited for. This module is the orchestration only: the
 steps of one launch (``Launch``) and ``launch()``, which always stops what it started. Its parts
 live beside it, one job each: ``sim.launch_plan`` (options, validation, which clients and GPU
 each SuperNode gets), ``sim.network`` (addresses and ports), ``sim.processes`` (process groups,
-descendants, ``processes.json``), ``sim.flower_cli`` (the ``flwr`` CLI) and ``sim.certs`` (TLS).
-Their public names are re-exported here, so ``from sim.launch import X`` keeps working.
+descendants, ``processes.json``), ``sim.worker_pool`` (the workers), ``sim.flower_cli`` (the
+``flwr`` CLI) and ``sim.certs`` (TLS). Their public names are re-exported here, so
+``from sim.launch import X`` keeps working.
 
 Files (all under the run directory)::
 
     certs/                 ca.pem, server.pem/.key (generated unless given), nodes/ auth keys
-    logs/                  superlink.log, supernode-K.log, serverapp.log, flwr-cli.log
-    launch/processes.json  what was started: name, pid, process group, argv, log, GPU, clients
+    logs/                  superlink.log, supernode-K.log, worker-K.log, serverapp.log,
+                           flwr-cli.log; worker-K.tasks.jsonl (one timing line per message)
+    launch/processes.json  what was started: name, pid, process group, argv, log, GPU, clients,
+                           exit code, CPU seconds, restarts
     launch/supernode-K.toml  the node config of SuperNode K
     launch/run-config.toml   the run config handed to ``flwr run``
-    launch/flwr/<name>/    FLWR_HOME of each process (installed app copies), never ~/.flwr
+    launch/workers/        the task each worker holds, while it holds one
+    launch/flwr/<name>/    FLWR_HOME of each SuperNode and its worker (installed app copies),
+                           of the SuperLink and the CLI; never ~/.flwr
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +99,8 @@ from sim.processes import (
     flower_executable,
     last_line,
 )
+from sim.supernode import POLL_ENV
+from sim.worker_pool import WorkerPool, worker_name
 
 __all__ = [  # this module's own names and the re-exports of what used to be defined here
     "CONNECTION",
@@ -242,6 +254,7 @@ class Launch:
         self.launch_dir = self.root / "launch"
         self.logs = self.root / "logs"
         self.processes = ProcessSet(self.launch_dir / "processes.json")
+        self.workers = WorkerPool(self.processes, self.root, self.say, self.on_event)
         self.tls: TlsFiles | None = None
         self.ca_cert: Path | None = None
         self.cli: FlowerCli | None = None
@@ -323,7 +336,8 @@ class Launch:
                 config_path, tomli_w.dumps(node_config(self.cfg, self.run, plan.client_ids))
             )
             port = free_port("127.0.0.1")
-            argv = [flower_executable("flower-supernode"), "--superlink", self.address]
+            # Flower's flower-supernode, its idle poll shortened (sim/supernode.py).
+            argv = [sys.executable, "-m", "sim.supernode", "--superlink", self.address]
             argv += ["--port", str(port), "--node-config", str(config_path)]
             argv += (
                 ["--insecure"]
@@ -336,11 +350,19 @@ class Launch:
                 node_id = self.cli.register(keys.public_key)
                 self.say(f"{plan.name}: authentication key registered (node id {node_id})")
                 argv += ["--auth-supernode-private-key", str(keys.private_key)]
+            # `process` isolation: the SuperNode starts no flower-superexec; its tasks go to
+            # the fedpkt worker started beside it (sim.worker), one warm process per node.
+            argv += ["--isolation", "process"]
             visible = "" if plan.gpu is None else str(plan.gpu)
+            home = self.home(plan.name)
             env = child_env(
-                {"FLWR_HOME": str(self.home(plan.name)), "CUDA_VISIBLE_DEVICES": visible}
+                {
+                    "FLWR_HOME": str(home),
+                    "CUDA_VISIBLE_DEVICES": visible,
+                    POLL_ENV: str(o.node_poll_s),
+                }
             )
-            self.processes.start(
+            node = self.processes.start(
                 plan.name,
                 argv,
                 env,
@@ -349,9 +371,13 @@ class Launch:
                 client_ids=list(plan.client_ids),
                 runtime_port=port,
             )
+            self.workers.start(plan, node, port, home, o.node_poll_s)
             device = "CPU" if plan.gpu is None else f"GPU {plan.gpu}"
             clients = ", ".join(plan.client_ids)
-            self.say(f"{plan.name} on {device}: {len(plan.client_ids)} clients ({clients})")
+            self.say(
+                f"{plan.name} on {device}: {len(plan.client_ids)} clients ({clients}), "
+                f"served by {worker_name(plan.name)}"
+            )
 
     def check_nodes_alive(self, plans: list[NodePlan]) -> None:
         for plan in plans:
@@ -370,6 +396,7 @@ class Launch:
         while online < expected:
             self.check_nodes_alive(plans)
             self.check_superlink()
+            self.workers.check()
             if time.monotonic() > deadline:
                 raise FedpktError(
                     f"only {online} of {expected} SuperNodes connected to {self.address} within "
@@ -379,23 +406,25 @@ class Launch:
             online = self.cli.online_nodes()
         self.say(f"{online} SuperNodes online")
 
-    def wait_for_connected(self, plans: list[NodePlan]) -> None:
-        """Join mode: each SuperNode logs its node id once the remote SuperLink accepted it."""
+    def wait_for_connected(self, plans: list[NodePlan], done: str) -> None:
+        """Each SuperNode logs its node id once the SuperLink accepted it: cheaper than asking
+        the SuperLink (``flwr supernode list``), where every node to wait for is local."""
         deadline = time.monotonic() + self.options.startup_timeout_s
         pending = {plan.name for plan in plans}
         while pending:
             self.check_nodes_alive(plans)
+            self.workers.check()
             for name in sorted(pending):
                 log = self.processes.get(name).log
                 if "SuperNode ID:" in log.read_text(encoding="utf-8", errors="replace"):
                     pending.discard(name)
             if pending and time.monotonic() > deadline:
                 raise FedpktError(
-                    f"{', '.join(sorted(pending))} did not connect to {self.options.join} within "
+                    f"{', '.join(sorted(pending))} did not connect to {self.address} within "
                     f"{self.options.startup_timeout_s:.0f} s; see {self.logs}"
                 )
             time.sleep(0.5)
-        self.say(f"{len(plans)} SuperNodes connected to {self.options.join}")
+        self.say(done)
 
     # -- watching ---------------------------------------------------------------------------------
     def check_superlink(self) -> None:
@@ -437,6 +466,7 @@ class Launch:
                     return
             self.processes.refresh()
             self.check_superlink()
+            self.workers.check()
             remote_nodes = (self.options.wait_for_nodes or 0) > self.options.supernodes
             if self.report_node_exits() == 0 and not remote_nodes:
                 raise FedpktError(f"every SuperNode has exited; see {self.logs}")
@@ -465,23 +495,24 @@ class Launch:
             status, _ = self.cli.status(run_id)
             if status.startswith("finished"):
                 break
-            time.sleep(2.0)
+            time.sleep(0.5)
         self.cli.save_log(run_id, self.logs / "serverapp.log")
         return status
 
     # -- the two modes ---------------------------------------------------------------------------
     def serve(self, plans: list[NodePlan]) -> None:
-        """SuperLink + SuperNodes here, then submit the app and follow it to the end."""
+        """SuperLink, the app submitted, SuperNodes and workers here; follow the run to its end.
+
+        The run is submitted before the SuperNodes start, so that building the FAB and starting
+        the ServerApp overlap with their start-up: the ServerApp waits for ``min-nodes`` nodes
+        before its handshake asks them which clients they serve.
+        """
         o = self.options
         self.start_superlink()
         self.cli = FlowerCli(
             self.home("cli"), self.address, self.ca_cert, self.logs / "flwr-cli.log"
         )
-        self.start_supernodes(plans)
         expected = o.wait_for_nodes or o.supernodes
-        if expected > o.supernodes:
-            self.say(f"waiting for {expected - o.supernodes} more SuperNodes (--join elsewhere)")
-        self.wait_for_online(plans, expected)
         run_config = self.launch_dir / "run-config.toml"
         atomic_write_text(
             run_config,
@@ -492,12 +523,20 @@ class Launch:
                     "run-dir": str(self.root),
                     "phases": o.phases,
                     "resume": o.resume,
+                    "min-nodes": expected,
+                    "node-wait-s": o.startup_timeout_s,
                 }
             ),
         )
         follower = MetricsFollower(self.run.metrics_path)
         run_id = self.cli.submit(app_directory(), run_config)
         self.say(f"submitted run {run_id} (phases: {o.phases})")
+        self.start_supernodes(plans)
+        if expected > o.supernodes:
+            self.say(f"waiting for {expected - o.supernodes} more SuperNodes (--join elsewhere)")
+            self.wait_for_online(plans, expected)
+        else:
+            self.wait_for_connected(plans, f"{expected} SuperNodes online")
         self.follow(run_id, follower)
         status = self.wait_finished(run_id)
         self.say(f"run {run_id} {status}")
@@ -511,10 +550,11 @@ class Launch:
         if o.node_auth:
             self.cli = FlowerCli(self.home("cli"), o.join, self.ca_cert, self.logs / "flwr-cli.log")
         self.start_supernodes(plans)
-        self.wait_for_connected(plans)
+        self.wait_for_connected(plans, f"{len(plans)} SuperNodes connected to {o.join}")
         self.say("serving; Ctrl-C stops these SuperNodes")
         while self.report_node_exits() > 0:
             self.processes.refresh()
+            self.workers.check()
             time.sleep(1.0)
         raise FedpktError(f"every SuperNode has exited; see {self.logs}")
 

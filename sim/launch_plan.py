@@ -3,8 +3,9 @@
 The CLI flags become a ``LaunchOptions``, checked by ``validate_options`` before anything is
 started; ``plan_nodes`` deals this machine's shard of the client ids round-robin over the local
 SuperNodes and pins each to a GPU (round-robin over ``--gpus``; none means CPU). Everything here
-is a function of its inputs (plus the CUDA device count and the address syntax), so it is
-tested in milliseconds and shared by the CLI, which validates flags before any progress display.
+is a function of its inputs (plus the CUDA device count, the installed Flower version and the
+address syntax), so it is tested in milliseconds and shared by the CLI, which validates flags
+before any progress display.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedpkt.errors import FedpktError
+from sim.flower_pin import flower_version_problem
 from sim.network import parse_address
 
 PHASES = ("all", "source", "personalize")
@@ -98,6 +100,7 @@ class LaunchOptions:
     resume: bool = False
     startup_timeout_s: float = 180.0
     status_every_s: float = 30.0
+    node_poll_s: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,16 @@ class NodePlan:
 
 
 def validate_options(options: LaunchOptions) -> None:
-    """Reject contradictory or impossible flags before anything is started."""
+    """Reject contradictory or impossible flags (or the wrong Flower) before anything starts."""
+    problem = flower_version_problem()
+    if problem:
+        raise FedpktError(problem)
     if options.supernodes < 1:
         raise FedpktError(f"--supernodes {options.supernodes}: expected at least 1")
     if options.phases not in PHASES:
         raise FedpktError(f"--phase '{options.phases}' is not one of {', '.join(PHASES)}")
+    if not 0.01 <= options.node_poll_s <= 60:
+        raise FedpktError(f"--node-poll {options.node_poll_s}: expected 0.01-60 seconds")
     if options.port is not None and not 1 <= options.port <= 65535:
         raise FedpktError(f"--port {options.port} is not in 1-65535")
     if options.insecure and options.node_auth:

@@ -5,7 +5,8 @@ Flower's detached helpers (the SuperLink's SuperExec and the ServerApps it spawn
 through psutil as descendants. ``ProcessSet.stop`` (which ``fedpkt launch`` runs on success,
 failure, Ctrl-C or SIGTERM) sends SIGTERM to each group, then SIGKILL to whatever is left, and
 waits for them. ``launch/processes.json`` records what was started: name, pid, process group,
-argv, log, exit code and the launcher's own details (GPU, clients, ports).
+argv, log, exit code, CPU seconds used (``cpu_s``, taken just before the stop) and the
+launcher's own details (GPU, clients, ports).
 
 Also here: where Flower's executables are (beside this interpreter first) and the environment
 every Flower process gets (``child_env``), which the ``flwr`` CLI wrapper shares.
@@ -82,6 +83,7 @@ class Started:
     argv: list[str]
     log: Path
     info: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -133,7 +135,8 @@ class ProcessSet:
         return started
 
     def get(self, name: str) -> Started:
-        return next(s for s in self.started if s.name == name)
+        """The latest process started under ``name`` (a restarted worker replaces its last)."""
+        return next(s for s in reversed(self.started) if s.name == name)
 
     def write_record(self) -> None:
         rows = [
@@ -180,9 +183,28 @@ class ProcessSet:
                 if _alive(proc):
                     proc.send_signal(sig)
 
+    def stop_one(self, started: Started, grace: float = 5.0) -> None:
+        """SIGTERM one process group, SIGKILL it after ``grace`` seconds, and reap it."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(started.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                started.popen.wait(timeout=wait)
+                break
+        self.write_record()
+
+    def note_cpu(self) -> None:
+        """Record each running process's CPU seconds so far (user + system) as ``cpu_s``."""
+        for s in self.started:
+            if s.running():
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(s.pid).cpu_times()
+                    s.info["cpu_s"] = round(times.user + times.system, 2)
+
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every group and descendant, SIGKILL what is left after ``grace`` seconds."""
         self.refresh()
+        self.note_cpu()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self._living() and time.monotonic() < deadline:

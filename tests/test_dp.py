@@ -262,3 +262,29 @@ def test_short_plans_find_their_best_rdp_order_without_opacus_warnings() -> None
         warnings.simplefilter("error")
         plan = plan_dp(DPConfig(epsilon=8.0), num_examples=40, batch_size=4, steps=8)
     assert plan.sample_rate == pytest.approx(0.1) and plan.noise_multiplier > 0
+
+
+# --- opacus only when DP is on ---------------------------------------------------------------
+def test_restated_rdp_orders_are_opacus_defaults() -> None:
+    """fedpkt.train.dp restates opacus's default RDP orders so as not to import opacus."""
+    from opacus.accountants import RDPAccountant
+
+    from fedpkt.train.dp import OPACUS_DEFAULT_ALPHAS, RDP_ALPHAS
+
+    assert OPACUS_DEFAULT_ALPHAS == RDPAccountant.DEFAULT_ALPHAS
+    assert RDP_ALPHAS[: len(OPACUS_DEFAULT_ALPHAS)] == OPACUS_DEFAULT_ALPHAS
+
+
+def test_client_app_imports_without_opacus() -> None:
+    """A ClientApp without DP never needs opacus (1-5 s of its start-up): importing
+    clients.app (and so fedpkt.local, fedpkt.train.dp) must not import it."""
+    import subprocess
+    import sys
+
+    code = "import sys, clients.app; print('opacus' in sys.modules)"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

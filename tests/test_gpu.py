@@ -90,22 +90,22 @@ def test_bf16_backbone_personalizes_a_float32_prefix_on_cuda(data_root: Path) ->
 
 @pytest.mark.e2e
 def test_launch_pins_each_supernode_to_its_gpu(tmp_path: Path) -> None:
-    """`fedpkt launch --gpus 0` on real processes: both SuperNodes get CUDA_VISIBLE_DEVICES=0,
-    and every ClientApp process loaded its backbone on cuda (its own log line says so)."""
+    """`fedpkt launch --gpus 0` on real processes: both SuperNodes and their workers get
+    CUDA_VISIBLE_DEVICES=0, and each worker loaded its backbone on cuda (its log says so)."""
     run_dir = tmp_path / "run"
     cmd = _command(run_dir, "--gpus", "0", supernodes=2, **{"backbone.dtype": "'bfloat16'"})
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=840, check=False)
     try:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         procs = _processes(run_dir)
-        assert [p["gpu"] for p in procs[1:]] == [0, 0]
+        assert [p["gpu"] for p in procs[1:]] == [0, 0, 0, 0]  # supernode-0, worker-0, ...
         rows = json.loads((run_dir / "results.json").read_text())["rows"]
         assert rows
         for k in range(2):
-            text = (run_dir / "logs" / f"supernode-{k}.log").read_text(errors="replace")
+            text = (run_dir / "logs" / f"worker-{k}.log").read_text(errors="replace")
             placed = [line for line in text.splitlines() if "backbone on" in line]
-            print(f"supernode-{k}: {len(placed)} client loads, e.g. {placed[:1]}")
-            assert placed, f"supernode-{k} logged no backbone placement"
+            print(f"worker-{k}: {len(placed)} client loads, e.g. {placed[:1]}")
+            assert placed, f"worker-{k} logged no backbone placement"
             assert all("backbone on cuda" in line and "bfloat16" in line for line in placed)
     finally:
         left = launch_processes(run_dir)

@@ -134,11 +134,25 @@ def test_parse_shard_and_address() -> None:
         (LaunchOptions(insecure=True, ca_cert=Path("ca.pem")), "--insecure contradicts"),
         (LaunchOptions(join="h:1", server_key=Path("k")), "they need --ca-cert"),
         (LaunchOptions(supernodes=3, wait_for_nodes=2), "--wait-for-nodes 2 is fewer"),
+        (LaunchOptions(node_poll_s=0.0), "--node-poll 0.0: expected 0.01-60 seconds"),
     ],
 )
 def test_contradictory_flags_are_refused(options: LaunchOptions, message: str) -> None:
     with pytest.raises(FedpktError, match=message):
         validate_options(options)
+
+
+def test_cli_refuses_another_flower_minor_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers speak Flower 1.42's Runtime API: 1.43 is refused before anything starts."""
+    monkeypatch.setattr("sim.flower_pin.installed_flower", lambda: "1.43.0")
+    result = CliRunner().invoke(app, ["launch", "--supernodes", "1", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "needs Flower 1.42.x" in lines[0] and "found 1.43.0" in lines[0]
+    assert not (tmp_path / "config.toml").exists()
 
 
 # -- bad input stops before anything runs ------------------------------------------------------

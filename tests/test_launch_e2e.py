@@ -2,8 +2,9 @@
 
 Each test runs the real CLI (or ``sim.launch.launch``) and checks afterwards, through psutil,
 that no process it started is left: nothing whose command line or FLWR_HOME points into the
-test's run directory. These runs take minutes on 2 shared cores (Flower starts a fresh
-ClientApp process per message), hence the e2e mark.
+test's run directory. Every message goes through the fedpkt workers (``sim.worker``), which
+speak Flower 1.42's SuperNode Runtime API: these tests are the ones that fail when that
+protocol changes. They take a minute or more each on 2 shared cores, hence the e2e mark.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from fedpkt.errors import FedpktError
 from fedpkt.rundir import RunDir
 from sim.launch import LaunchOptions, launch
+from sim.worker import read_held
 from tests.conftest import tiny_config
 from tests.test_launch import launch_processes
 
@@ -54,18 +56,35 @@ def _command(run_dir: Path, *extra: str, supernodes: int = 3, **overrides: str) 
     return [*cmd, "--config", "embedded", "--run-dir", str(run_dir), *sets, *extra]
 
 
-def _processes(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "launch" / "processes.json").read_text())["processes"]
+def _processes(run_dir: Path, prefix: str = "") -> list[dict]:
+    """processes.json's rows (those whose name starts with ``prefix``), in start order."""
+    rows = json.loads((run_dir / "launch" / "processes.json").read_text())["processes"]
+    return [row for row in rows if row["name"].startswith(prefix)]
 
 
-def _wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def _latest(run_dir: Path, name: str) -> dict:
+    return [row for row in _processes(run_dir) if row["name"] == name][-1]
+
+
+def _tasks(run_dir: Path, worker: str) -> list[dict]:
+    path = run_dir / "logs" / f"{worker}.tasks.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _wait_until(
+    predicate,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    every: float = 0.5,
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"launcher exited ({proc.returncode}) before {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(every)
 
 
 def _train_messages(log: Path) -> int:
@@ -101,19 +120,34 @@ def test_three_supernodes_run_both_phases_over_tls(tmp_path: Path) -> None:
         personal = {c["client_id"] for c in manifest if c["part"] in ("B", "C")}
 
         procs = _processes(run_dir)
-        assert [p["name"] for p in procs] == ["superlink", *(f"supernode-{k}" for k in range(3))]
+        nodes = [f"supernode-{k}" for k in range(3)]
+        workers = [f"worker-{k}" for k in range(3)]
+        assert [p["name"] for p in procs] == [
+            "superlink",
+            *(name for pair in zip(nodes, workers, strict=True) for name in pair),
+        ]
         assert all(p["exit_code"] is not None for p in procs)
-        served = [set(p["client_ids"]) for p in procs[1:]]
+        served = [set(p["client_ids"]) for p in _processes(run_dir, "supernode")]
         assert set().union(*served) == all_ids
         assert sum(len(s) for s in served) == len(all_ids)  # each client on exactly one node
         assert "--ssl-certfile" in procs[0]["argv"]  # TLS by default
         assert (run_dir / "certs" / "ca.pem").is_file()
-        for name in ("superlink", "supernode-0", "supernode-1", "supernode-2", "serverapp"):
+        for name in ("superlink", *nodes, *workers, "serverapp"):
             assert (run_dir / "logs" / f"{name}.log").is_file()
         assert any((run_dir / "egress").iterdir())
-        for k in range(3):  # each ClientApp process says where its backbone went
-            text = (run_dir / "logs" / f"supernode-{k}.log").read_text(errors="replace")
+        for node, worker in zip(nodes, workers, strict=True):
+            # No flower-superexec: the SuperNode leaves its tasks to the worker beside it...
+            assert "--isolation" in _latest(run_dir, node)["argv"]
+            assert _latest(run_dir, worker)["restart"] == 0
+            text = (run_dir / "logs" / f"{worker}.log").read_text(errors="replace")
+            # ...which loads the app from the FAB once, and the backbone where it was told.
+            assert text.count("ClientApp loaded from") == 1
+            assert f"launch/flwr/{node}/apps/fedpkt.fedpkt" in text
             assert "backbone on cpu (float32), CUDA_VISIBLE_DEVICES=''" in text
+            tasks = _tasks(run_dir, worker)
+            assert tasks and all(t["ok"] for t in tasks)  # handshake, rounds, phase 2
+            assert {"query", "train.personalize"} <= {t["type"] for t in tasks}
+            assert sum("load_s" in t for t in tasks) == 1
         # Every Part B/C persona reports once, under its own id, though nodes serve several.
         assert sorted(e["client_id"] for e in run.events("client")) == sorted(personal)
     finally:
@@ -145,8 +179,7 @@ def test_killed_supernode_round_completes_with_the_others(tmp_path: Path) -> Non
             proc,
         )
         victim = next(k for k, log in enumerate(logs) if _train_messages(log) > 0)
-        pgid = _processes(run_dir)[1 + victim]["pgid"]
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(_latest(run_dir, f"supernode-{victim}")["pgid"], signal.SIGKILL)
         output, _ = proc.communicate(timeout=780)
         assert proc.returncode == 0, output[-3000:]
         assert f"supernode-{victim} exited" in output
@@ -154,6 +187,65 @@ def test_killed_supernode_round_completes_with_the_others(tmp_path: Path) -> Non
         assert [r["round"] for r in rounds] == [1, 2]
         assert rounds[0]["failures"] >= 1
         assert (run_dir / "checkpoints" / "source.safetensors").is_file()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _assert_nothing_left(run_dir)
+
+
+def test_killed_worker_is_restarted_and_its_round_completes(tmp_path: Path) -> None:
+    """SIGKILL a worker while it trains a client (phase 1, 100 inner steps so that it is
+    caught at it): the launcher starts it again, the new worker answers the killed message as
+    failed at once (not after the SuperNode's 60 s heartbeat expiry), the round completes with
+    the other clients' updates, and the restarted worker serves its node's personas in phase 2.
+    """
+    run_dir = tmp_path / "run"
+    cmd = _command(
+        run_dir,
+        **{"phase1.clients_per_round": "4", "phase1.inner_steps": "100"},
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    held: dict = {}
+
+    def training() -> bool:
+        for path in (run_dir / "launch" / "workers").glob("worker-*.json"):
+            record = read_held(path)
+            if record and record.get("stage") == "running" and record.get("type") == "train":
+                held.update(record, name=path.stem)
+                return True
+        return False
+
+    try:
+        _wait_until(training, 600, "a worker training a client", proc, every=0.05)
+        victim = held["name"]
+        os.killpg(_latest(run_dir, victim)["pgid"], signal.SIGKILL)
+        killed_at = time.time()
+        output, _ = proc.communicate(timeout=780)
+        assert proc.returncode == 0, output[-3000:]
+        assert f"{victim} exited (code -9); started again (restart 1)" in output
+        run = RunDir(run_dir)
+        rounds = run.events("round")
+        assert [r["round"] for r in rounds] == [1, 2]
+        hit = [
+            r
+            for r in rounds
+            if any(
+                "fedpkt worker running this message stopped" in f["reason"]
+                for f in r["failure_reasons"]
+            )
+        ]
+        assert len(hit) == 1
+        assert len(hit[0]["sampled"]) > hit[0]["failures"]  # the others' updates were used
+        assert [row["restart"] for row in _processes(run_dir, victim)] == [0, 1]
+        tasks = _tasks(run_dir, victim)
+        assert [t["task_id"] for t in tasks if t.get("recovered")] == [held["task_id"]]
+        later = [t for t in tasks if t.get("claimed", 0) > killed_at and t.get("ok")]
+        assert "train.personalize" in {t["type"] for t in later}
+        node = _latest(run_dir, f"supernode-{victim.split('-')[1]}")
+        personal = {c for c in node["client_ids"] if not c.startswith("A-")}
+        assert personal <= {e["client_id"] for e in run.events("client")}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -189,7 +281,7 @@ def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) 
         _wait_until(
             lambda: (
                 (head_dir / "launch" / "processes.json").is_file()
-                and len(_processes(head_dir)) == 3
+                and len(_processes(head_dir, "supernode")) == 2
             ),
             300,
             "the head's SuperLink and SuperNodes",
@@ -220,8 +312,9 @@ def test_joined_supernode_serves_and_ctrl_c_stops_both_machines(tmp_path: Path) 
             "phase 1 to send a train message",
             head,
         )
-        served = {c for p in _processes(head_dir)[1:] for c in p["client_ids"]}
-        served_there = set(_processes(join_dir)[0]["client_ids"])
+        served = {c for p in _processes(head_dir, "supernode") for c in p["client_ids"]}
+        served_there = set(_processes(join_dir, "supernode")[0]["client_ids"])
+        assert [p["name"] for p in _processes(join_dir)] == ["supernode-0", "worker-0"]
         manifest = json.loads((head_dir / "data" / "manifest.json").read_text())["clients"]
         assert served | served_there == {c["client_id"] for c in manifest}
         assert not served & served_there

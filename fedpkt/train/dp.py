@@ -36,10 +36,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
 from torch import Tensor, nn
 
 from fedpkt.config import DPConfig
@@ -64,10 +60,13 @@ from fedpkt.train.loop import (
 from fedpkt.train.prefix_training import backbone_parts
 
 ACCOUNTANT = "rdp"
-# RDP orders searched when converting to (ε, δ): opacus's defaults stop at 63, which is too low
-# for few-shot clients (q = 1, few steps, small ε) — opacus then warns that the best order is
-# the largest and reports a looser ε. Extending the range only tightens the bound.
-RDP_ALPHAS: list[float] = [*RDPAccountant.DEFAULT_ALPHAS, *range(64, 257, 8), 384, 512, 1024]
+# RDP orders searched when converting to (ε, δ): opacus's defaults (``RDPAccountant.
+# DEFAULT_ALPHAS``, restated here so that importing this module does not import opacus: a
+# client without DP never needs it) stop at 63, which is too low for few-shot clients (q = 1,
+# few steps, small ε) — opacus then warns that the best order is the largest and reports a
+# looser ε. Extending the range only tightens the bound.
+OPACUS_DEFAULT_ALPHAS: list[float] = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+RDP_ALPHAS: list[float] = [*OPACUS_DEFAULT_ALPHAS, *range(64, 257, 8), 384, 512, 1024]
 """The accountant used both to calibrate σ and to report ε (the same one, so they agree)."""
 
 
@@ -109,6 +108,8 @@ def plan_dp(dp: DPConfig, *, num_examples: int, batch_size: int, steps: int) -> 
         raise FedpktError(f"batch_size is {batch_size}; expected at least 1")
     if steps < 1:
         raise FedpktError(f"DP planned steps is {steps}; expected at least 1")
+    from opacus.accountants.utils import get_noise_multiplier  # opacus only when DP is on
+
     batch = min(batch_size, num_examples)
     rate = batch / num_examples
     try:
@@ -170,6 +171,9 @@ class PrivateTraining:
     """
 
     def __init__(self, prefix: nn.Module, plan: DPPlan, *, seed: int) -> None:
+        from opacus import GradSampleModule
+        from opacus.accountants import RDPAccountant
+
         self.plan = plan
         self.module = GradSampleModule(prefix, batch_first=True, loss_reduction="mean")
         self.accountant = RDPAccountant()
@@ -177,6 +181,8 @@ class PrivateTraining:
 
     def optimizer_factory(self, base: OptimizerFactory) -> OptimizerFactory:
         """A factory wrapping ``base``'s optimizer in a seeded ``DPOptimizer`` (see module doc)."""
+        from opacus.optimizers import DPOptimizer
+
         plan = self.plan
 
         def build(
