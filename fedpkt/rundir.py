@@ -1,6 +1,6 @@
 """The run directory: one folder per run holding everything a command produced.
 
-Layout (DESIGN.md): ``config.toml`` (resolved), ``checkpoints/``, ``metrics.jsonl`` (one line
+Layout (docs/design.md): ``config.toml`` (resolved), ``checkpoints/``, ``metrics.jsonl`` (one line
 per round/client event), ``report.md``, ``results.{csv,json}``, ``egress/``, ``audit.json``,
 ``plots/`` and ``data/`` (the prepared client partitions, each client reading only its own
 folder, with its ``vaults/``).

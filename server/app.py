@@ -345,7 +345,7 @@ def phase2_failures_section(run: RunDir, succeeded: set[str]) -> dict[str, str]:
 
 
 def run_server(grid: Grid, settings: ServerSettings) -> None:
-    """The whole server side of a run, in the order of DESIGN.md's data flow."""
+    """The whole server side of a run, in the order of docs/design.md's "A run, end to end"."""
     run = RunDir(settings.run_dir)
     cfg = run.config()
     started = time.perf_counter()
