@@ -49,7 +49,7 @@ from fedpkt.eval.consistency import ConsistencyScorer, make_scorer
 from fedpkt.local import LocalClient
 from fedpkt.model.backbone import Backbone, load_backbone
 from fedpkt.model.backbone_info import backbone_num_params
-from fedpkt.model.prefix import prefix_shape_for, stored_params
+from fedpkt.peft import get_method
 from fedpkt.personalize import PersonaFailure, PersonaTask, personalize_cohort
 from fedpkt.preflight import check_run_inputs
 from fedpkt.report import ResultRow, read_results, write_report, write_results
@@ -183,8 +183,10 @@ def _run_reptile(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: Even
 def _run_prefix(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: EventFn) -> Outcome:
     """Source prefix (PersonaPKT rows) or none (Rand init), then every persona personalized
     in cohorts (``personalize_cohort``, the code a phase-2 ClientApp runs)."""
-    shape = prefix_shape_for(cohort.backbone.model.config, cfg.prefix.num_virtual_tokens)
-    outcome = Outcome(stored_params_pct=100.0 * stored_params(shape) / cohort.backbone_params)
+    stored = get_method(cfg.prefix.method).stored_params(
+        cohort.backbone.model.config, cfg.prefix.num_virtual_tokens
+    )
+    outcome = Outcome(stored_params_pct=100.0 * stored / cohort.backbone_params)
     source = None
     phase2 = cfg.phase2.model_copy(update={"init": "random"})
     if setting.strategy is not None:

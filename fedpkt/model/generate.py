@@ -36,12 +36,8 @@ from fedpkt.data.encoding import encode_prompts, pad_token_id
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.positions import input_budget
-from fedpkt.model.prefix import (
-    prefix_attention_mask,
-    prefix_cache,
-    prefix_position_ids,
-    prefix_shape_for,
-)
+from fedpkt.model.prefix import prefix_position_ids
+from fedpkt.peft import PeftMethod, get_method
 
 _STOP_IDS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
 
@@ -134,8 +130,12 @@ def generate_replies(
     no_repeat_ngram_size: int = 3,
     max_length: int = 128,
     batch_size: int = 16,
+    method: PeftMethod | None = None,
 ) -> list[str]:
     """One reply per prompt, row i conditioned on prefix ``states[i]``.
+
+    ``method`` is the PEFT method of ``states`` (default: prefix tuning); it says how they get
+    into ``generate`` (``PeftMethod.generation_inputs``).
 
     ``states``: (n, m, width) with n = len(prompts) (rows may be different personas), one
     prefix (m, width) for all prompts, or None for the bare model. ``prompts`` are rendered
@@ -155,7 +155,7 @@ def generate_replies(
             raise FedpktError(f"{name} is {value!r}; expected an integer >= 1")
     row_states = _row_states(states, len(prompts))
     m = 0 if row_states is None else row_states.shape[1]
-    shape = None if row_states is None else prefix_shape_for(model.config, m)
+    peft = method or get_method()
     budget = input_budget(model.config, max_length, m, max_new_tokens)
     device = next(model.parameters()).device
     config = reply_generation_config(
@@ -178,17 +178,17 @@ def generate_replies(
             input_ids = encoded["input_ids"].to(device)
             mask = encoded["attention_mask"].to(device)
             kwargs: dict[str, Any] = {
+                "input_ids": input_ids,
                 "attention_mask": mask,
-                "position_ids": prefix_position_ids(mask, m),
+                "position_ids": prefix_position_ids(mask, 0),
             }
-            if row_states is not None and shape is not None:
-                rows = row_states[indices].detach()
-                rows = rows.to(device=device, dtype=model.dtype).repeat_interleave(num_beams, 0)
-                kwargs["cache"] = prefix_cache(rows.contiguous(), shape)
-                kwargs["attention_mask"] = prefix_attention_mask(mask, m)
             with torch.no_grad():
-                output = model.generate(input_ids=input_ids, generation_config=config, **kwargs)
-            new_tokens = output[:, input_ids.shape[1] :]
+                if row_states is not None:
+                    rows = row_states[indices].detach()
+                    rows = rows.to(device=device, dtype=model.dtype)
+                    kwargs = peft.generation_inputs(model, input_ids, mask, rows, num_beams)
+                output = model.generate(generation_config=config, **kwargs)
+            new_tokens = output[:, kwargs["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for i, text in zip(indices, texts, strict=True):
                 replies[i] = first_line(text)
@@ -206,6 +206,7 @@ def generate_with(
     *,
     max_length: int,
     batch_size: int = 16,
+    method: PeftMethod | None = None,
 ) -> list[str]:
     """``generate_replies`` with a run's ``[generation]`` section (``fedpkt.config``), so
     that every caller (phase 2, baselines, ``fedpkt chat``) honours every decoding setting."""
@@ -220,4 +221,5 @@ def generate_with(
         no_repeat_ngram_size=generation.no_repeat_ngram_size,
         max_length=max_length,
         batch_size=batch_size,
+        method=method,
     )
