@@ -10,12 +10,17 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from cli.main import app
+from fedpkt.compare import write_comparison
 from fedpkt.config import DPConfig, PrefixConfig, load_config, run_method_name
 from fedpkt.data.encoding import pad_token_id
 from fedpkt.errors import FedpktError
+from fedpkt.model.adapter import load_adapter
+from fedpkt.model.backbone_info import backbone_config, backbone_num_params
 from fedpkt.model.export import export_method_adapter
-from fedpkt.model.generate import generate_replies
+from fedpkt.model.generate import first_line, generate_replies, reply_generation_config
 from fedpkt.peft import (
     PREFIX,
     PROMPT,
@@ -24,11 +29,16 @@ from fedpkt.peft import (
     method_names,
     method_of,
 )
+from fedpkt.personal import open_personal_prefix
 from fedpkt.privacy.vault import ScryptParams, Vault
+from fedpkt.report import read_results
+from fedpkt.rundir import RunDir
 from fedpkt.train.cohort import CohortJob, train_cohort
 from fedpkt.train.dp import dp_inner_steps, train_prefix_dp
 from fedpkt.train.loop import LoopSettings, evaluate_loss
 from fedpkt.train.prefix_training import train_prefix
+from sim.simulate import simulate
+from tests.conftest import tiny_config
 from tests.test_prefix import VOCAB, tiny_gpt2, tiny_llama
 from tests.training_fixtures import examples, parameters_of, tiny_model, tiny_tokenizer
 
@@ -270,6 +280,26 @@ def test_an_exported_prompt_loads_in_peft_with_the_same_logits(make, tmp_path: P
     torch.testing.assert_close(theirs.loss, ours.loss, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_an_exported_prompt_generates_fedpkts_reply_through_load_adapter(beams, tmp_path) -> None:
+    """PEFT's own generate repeats the prompt at every step (``fedpkt.model.adapter``);
+    ``load_adapter`` fixes that, so one unpadded prompt gets ``generate_replies``' reply."""
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    folded = PROMPT.fold(build(PROMPT, model))
+    prompt = "A: hi! how are you today?\nB:"
+    ours = generate_replies(
+        model, tokenizer, folded, [prompt], num_beams=beams, max_new_tokens=6, method=PROMPT
+    )
+    out = export_method_adapter(folded, PROMPT, model.config, "t", tmp_path / "a")
+    peft_model = load_adapter(model, out)
+    inputs = tokenizer(prompt, return_tensors="pt")
+    config = reply_generation_config(tokenizer, num_beams=beams, max_new_tokens=6)
+    with torch.no_grad():
+        tokens = peft_model.generate(**inputs, generation_config=config)
+    text = tokenizer.decode(tokens[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [first_line(text)] == ours
+
+
 # --- config and labels ---------------------------------------------------------------------------
 
 
@@ -287,3 +317,86 @@ def test_a_prompt_run_is_named_apart_from_the_papers_prefix_runs() -> None:
     assert run_method_name(prefix) == "PersonaPKT (federated)"
     assert run_method_name(prompt) == "PersonaPKT + Prompt-tuning (federated)"
     assert run_method_name(rand) == "Rand init + Prompt-tuning (federated)"
+
+
+# --- end to end: `fedpkt simulate` with prompt tuning, beside a prefix-tuning run --------------
+
+E2E = {"phase1__rounds": 1, "phase2__max_epochs": 1, "phase2__max_clients": 2}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunDir]:
+    """Two reduced runs of the embedded default, one per method (prompt also plants a canary,
+    so its exposure is measured under the soft prompt)."""
+    root = tmp_path_factory.mktemp("peft-e2e")
+    return {
+        "prompt": simulate(
+            tiny_config(prefix__method="prompt", data__canaries=1, **E2E), root / "prompt"
+        ),
+        "prefix": simulate(tiny_config(**E2E), root / "prefix"),
+    }
+
+
+def _persona(run: RunDir) -> str:
+    return sorted(r["client_id"] for r in run.events("client"))[0]
+
+
+@pytest.mark.e2e
+def test_a_prompt_run_reports_its_own_stored_share(runs: dict[str, RunDir]) -> None:
+    """Stored share = m · hidden / backbone parameters (prefix: m · 2 · layers · hidden)."""
+    cfg = runs["prompt"].config()
+    model_config = backbone_config(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
+    total = backbone_num_params(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
+    m, hidden = cfg.prefix.num_virtual_tokens, PROMPT.width(model_config)
+    rows = read_results(runs["prompt"].root).rows
+    assert {row.method for row in rows} == {"PersonaPKT + Prompt-tuning (federated)"}
+    assert {row.part for row in rows} == {"B", "C"}
+    for row in rows:
+        assert row.stored_params_pct == pytest.approx(100.0 * m * hidden / total)
+    assert (runs["prompt"].root / "exposure.json").is_file()
+
+
+@pytest.mark.e2e
+def test_compare_shows_prompt_tuning_next_to_prefix_tuning(
+    runs: dict[str, RunDir], tmp_path: Path
+) -> None:
+    files = write_comparison([runs["prefix"].root, runs["prompt"].root], tmp_path / "cmp")
+    rows = {r["setting"]: r for r in json.loads(files.json.read_text())["rows"]}
+    assert set(rows) == {"PersonaPKT (PPReptile)", "PersonaPKT (PPReptile) + Prompt-tuning"}
+    prefix, prompt = rows["PersonaPKT (PPReptile)"], rows["PersonaPKT (PPReptile) + Prompt-tuning"]
+    # tiny embedded backbone: the prefix stores 2 · layers key/value states per token
+    assert prefix["stored_params_pct"] > prompt["stored_params_pct"] > 0
+    assert "Prompt-tuning" in files.markdown.read_text()
+
+
+@pytest.mark.e2e
+def test_an_exported_vault_prompt_reproduces_the_logits_in_peft(
+    runs: dict[str, RunDir], tmp_path: Path
+) -> None:
+    run = runs["prompt"]
+    persona = _persona(run)
+    out = tmp_path / "adapter"
+    result = CliRunner().invoke(
+        app, ["export", str(run.root), "--persona", persona, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    personal = open_personal_prefix(run.root, persona)
+    assert personal.method is PROMPT
+    model = personal.backbone.model
+    ids = personal.backbone.tokenizer("A: hi, how are you?\nB:", return_tensors="pt")
+    ours = PROMPT.forward(
+        model, ids["input_ids"], ids["attention_mask"], personal.folded.unsqueeze(0)
+    ).logits
+    peft_model = PeftModel.from_pretrained(model, str(out))
+    with torch.no_grad():
+        theirs = peft_model(**ids).logits[:, personal.folded.shape[0] :]
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.e2e
+def test_chat_answers_under_a_stored_prompt(runs: dict[str, RunDir]) -> None:
+    run = runs["prompt"]
+    result = CliRunner().invoke(
+        app, ["chat", str(run.root), "--persona", _persona(run)], input="hi!\n/quit\n"
+    )
+    assert result.exit_code == 0, result.output
