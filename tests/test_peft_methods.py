@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.main import app
+from fedpkt.baseline_settings import SETTINGS
 from fedpkt.compare import write_comparison
 from fedpkt.config import DPConfig, PrefixConfig, load_config, run_method_name
 from fedpkt.data.encoding import pad_token_id
@@ -37,6 +38,7 @@ from fedpkt.train.cohort import CohortJob, train_cohort
 from fedpkt.train.dp import dp_inner_steps, train_prefix_dp
 from fedpkt.train.loop import LoopSettings, evaluate_loss
 from fedpkt.train.prefix_training import train_prefix
+from sim.baselines import row_name
 from sim.simulate import simulate
 from tests.conftest import tiny_config
 from tests.test_prefix import VOCAB, tiny_gpt2, tiny_llama
@@ -400,3 +402,18 @@ def test_chat_answers_under_a_stored_prompt(runs: dict[str, RunDir]) -> None:
         app, ["chat", str(run.root), "--persona", _persona(run)], input="hi!\n/quit\n"
     )
     assert result.exit_code == 0, result.output
+
+
+def test_centralized_prefix_rows_carry_the_method_they_ran() -> None:
+    """`fedpkt baselines` keeps the paper's names for prefix tuning; under prompt tuning its
+    prefix rows are named like compare's federated prompt rows, the fine-tuning rows as before."""
+    prefix = load_config("embedded")
+    prompt = load_config("embedded", ["prefix.method='prompt'"])
+    assert [row_name(s, prefix) for s in SETTINGS] == [s.method for s in SETTINGS]
+    assert [row_name(s, prompt) for s in SETTINGS][3:] == [
+        "Reptile + Fine-tuning",
+        "Rand init + Prompt-tuning",
+        "PersonaPKT (base) + Prompt-tuning",
+        "PersonaPKT (temperature) + Prompt-tuning",
+        "PersonaPKT (PPReptile) + Prompt-tuning",
+    ]
