@@ -1,7 +1,8 @@
 """Beam-search replies under persona prefixes, many personas in one batch.
 
 HF ``generate`` does the search (beam search with length penalty and n-gram blocking, or greedy
-with ``num_beams=1``); what fedpkt adds is how a *different* prefix per row gets in:
+with ``num_beams=1``); what fedpkt adds is how a *different* prefix per row gets in. That is the
+PEFT method's ``generation_inputs`` (``fedpkt.peft``); for prefix tuning, the default:
 
 - The prefix is handed to ``generate`` as a pre-filled cache (``prefix_cache``): m tokens of
   keys/values per layer, one row per prompt. ``generate`` expands every tensor argument to
@@ -16,6 +17,10 @@ with ``num_beams=1``); what fedpkt adds is how a *different* prefix per row gets
   left padding does not shift them), the same rule as ``forward_with_prefix`` in training, so a
   row generates the same text whether batched with others or alone. ``generate`` extends them
   by one per new token.
+
+Prompt tuning (``fedpkt.peft.prompt``) hands over input embeddings instead, m columns longer
+than the prompt, with m placeholder ids in front of ``input_ids`` so that the reply still starts
+after the last column of ``input_ids``.
 
 A reply is one line: generation stops at EOS or at any token whose text contains a newline, and
 the decoded text is cut at its first newline and stripped.

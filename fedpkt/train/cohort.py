@@ -4,8 +4,9 @@ Phase 2 personalizes many personas against one frozen backbone. One persona's st
 batch of 4 rows), so training them one at a time leaves a GPU, and to a lesser degree a CPU's
 vector units, mostly idle. ``train_cohort`` runs ``fedpkt.train.loop.train_loop``'s algorithm
 for every persona of a cohort at once: at each step every active persona contributes its own
-next batch, the rows are concatenated (each row under its own persona's prefix,
-``forward_with_prefix``) and one forward/backward pass serves them all. Per persona, exactly as
+next batch, the rows are concatenated (each row under its own persona's prefix, through the
+PEFT method's ``forward``, ``fedpkt.peft``; one method per cohort) and one forward/backward
+pass serves them all. Per persona, exactly as
 ``train_loop`` does alone:
 
 - its own parameters, AdamW state, linear schedule (over its own number of steps) and gradient
