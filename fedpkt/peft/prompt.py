@@ -61,7 +61,9 @@ def peft_prompt_config(
     model_config: Any, num_virtual_tokens: int, base_model_name_or_path: str | None = None
 ) -> PromptTuningConfig:
     """PEFT's config for an (m, hidden) soft prompt of this backbone (random init form)."""
-    text = model_config.get_text_config(decoder=True)
+    text = model_config
+    if hasattr(text, "get_text_config"):
+        text = text.get_text_config(decoder=True)
     return PromptTuningConfig(
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_model_name_or_path,
