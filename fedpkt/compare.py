@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from fedpkt.config import privacy_mechanisms
+from fedpkt.config import PrefixConfig, privacy_mechanisms
 from fedpkt.errors import FedpktError
 from fedpkt.report import METRICS, NOT_MEASURED, PARTS, ResultRow, format_pct, read_results
 from fedpkt.rundir import RunDir
@@ -164,6 +164,11 @@ def paper_setting(method: str, mode: Mode, config: Mapping[str, Any]) -> str:
     """The Table 2 setting a results row stands for (its own method name if none)."""
     if method in PAPER_TABLE2:
         return method
+    default_method = PrefixConfig.model_fields["method"].default
+    if mode == "federated" and config.get("prefix", {}).get("method", default_method) != (
+        default_method
+    ):
+        return _method_setting(method, config)
     if mode == "federated" and method.startswith("Rand init + Prefix-tuning ("):
         return "Rand init + Prefix-tuning"
     if mode == "federated" and method.startswith("PersonaPKT"):
@@ -173,6 +178,17 @@ def paper_setting(method: str, mode: Mode, config: Mapping[str, Any]) -> str:
         if strategy in _STRATEGY_SETTING:
             return _STRATEGY_SETTING[strategy]
     return method
+
+
+def _method_setting(method: str, config: Mapping[str, Any]) -> str:
+    """A run of another PEFT method than the paper's prefix tuning (``prefix.method``) is a
+    setting of its own: "Rand init + Prompt-tuning", or the strategy's PersonaPKT setting
+    with the method's label, "PersonaPKT (PPReptile) + Prompt-tuning" (``run_method_name``)."""
+    name = method.split(" (", 1)[0]  # without the "(federated, ...)" tail
+    strategy = config.get("phase1", {}).get("strategy")
+    if name.startswith("PersonaPKT + ") and strategy in _STRATEGY_SETTING:
+        return f"{_STRATEGY_SETTING[strategy]} + {name.removeprefix('PersonaPKT + ')}"
+    return name
 
 
 def _order(row: CompareRow) -> tuple[int, int, int, str]:

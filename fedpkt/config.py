@@ -142,6 +142,13 @@ class DataConfig(_Section):
 
 
 class PrefixConfig(_Section):
+    """The per-persona PEFT method and its size (the section keeps the paper's name)."""
+
+    method: str = Field(
+        "prefix",
+        description="Per-persona PEFT method, a name in the fedpkt.peft registry: 'prefix' "
+        "(Li & Liang prefix tuning) or 'prompt' (soft prompt tuning); docs/peft-methods.md.",
+    )
     num_virtual_tokens: int = Field(8, ge=1, le=512, description="m: prefix length in tokens.")
     projection_hidden: int = Field(
         512,
@@ -153,6 +160,15 @@ class PrefixConfig(_Section):
     init_std: float = Field(
         0.02, gt=0.0, le=10.0, description="Std of the random init of the prefix embedding."
     )
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from fedpkt.peft import method_names  # the registry imports torch: only when checked
+
+        if value not in method_names():
+            raise ValueError(f"prefix.method is {value!r}; expected one of {method_names()}")
+        return value
 
 
 class Phase1Config(_Section):
@@ -513,7 +529,13 @@ def run_method_name(config: FedpktConfig) -> str:
     so a DP run and its non-DP twin never share a label. Simulation and deployment runs both
     take their name from here.
     """
-    setting = "Rand init + Prefix-tuning" if config.phase2.init == "random" else "PersonaPKT"
+    from fedpkt.peft import DEFAULT_METHOD, get_method
+
+    method = get_method(config.prefix.method)
+    if config.phase2.init == "random":
+        setting = f"Rand init + {method.label}"
+    else:  # the paper's PersonaPKT is prefix tuning; another method is named beside it
+        setting = "PersonaPKT" if method.name == DEFAULT_METHOD else f"PersonaPKT + {method.label}"
     return f"{setting} (" + ", ".join(["federated", *privacy_mechanisms(config.model_dump())]) + ")"
 
 

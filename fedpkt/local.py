@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedpkt.config import FedpktConfig, GenerationConfig, Phase2Config, PrefixConfig
 from fedpkt.data.encoding import EncodedExample, encode_examples, render_history
@@ -25,7 +26,7 @@ from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.generate import generate_with
 from fedpkt.model.positions import input_budget
-from fedpkt.model.prefix import PersonaPrefix, load_prefix_arrays, prefix_arrays, prefix_shape_for
+from fedpkt.peft import PeftMethod, get_method
 from fedpkt.personalize import PersonaFailure, PersonalizeResult, PersonaTask, personalize_cohort
 from fedpkt.train.dp import dp_inner_steps
 from fedpkt.train.inner_loop import sgd_inner_steps
@@ -45,15 +46,15 @@ class StepResult:
     epsilon: float | None = None
 
 
-def new_prefix(backbone: Backbone, cfg: PrefixConfig, seed: int) -> PersonaPrefix:
-    """A freshly initialised reparameterised prefix for this backbone (deterministic in seed).
+def new_prefix(backbone: Backbone, cfg: PrefixConfig, seed: int) -> nn.Module:
+    """A freshly initialised module of the configured PEFT method (``cfg.method``; a
+    reparameterised prefix by default) for this backbone (deterministic in seed).
 
     Float32 whatever the backbone's dtype (bf16/fp16 backbones train float32 prefixes), except
     under a float64 backbone, where the prefix is float64 too: the equivalence tests of cohort
     training run in float64 so that rounding cannot flip a beam or a stopping epoch.
     """
-    shape = prefix_shape_for(backbone.model.config, cfg.num_virtual_tokens)
-    prefix = PersonaPrefix(shape, cfg.projection_hidden, seed=seed, init_std=cfg.init_std)
+    prefix = get_method(cfg.method).build(backbone.model.config, cfg, seed=seed)
     dtype = torch.float64 if backbone.model.dtype == torch.float64 else torch.float32
     return prefix.to(device=backbone.device, dtype=dtype)
 
@@ -93,11 +94,16 @@ class LocalClient:
     def num_train_examples(self) -> int:
         return len(self.encoded.get("train", []))
 
-    def prefix_from(self, arrays: Arrays | None, seed: int) -> PersonaPrefix:
+    @property
+    def method(self) -> PeftMethod:
+        """The run's per-persona PEFT method (``[prefix] method``)."""
+        return get_method(self.cfg.prefix.method)
+
+    def prefix_from(self, arrays: Arrays | None, seed: int) -> nn.Module:
         """A prefix initialised from received arrays (source/θ), or randomly when None."""
         prefix = new_prefix(self.backbone, self.cfg.prefix, seed)
         if arrays is not None:
-            load_prefix_arrays(prefix, arrays)
+            self.method.load_arrays(prefix, arrays)
         return prefix
 
     # -- phase 1 ----------------------------------------------------------------------------
@@ -119,7 +125,7 @@ class LocalClient:
                 planned_steps=steps * max(self.cfg.phase1.rounds, 1),
             )
             return StepResult(
-                prefix_arrays(prefix),
+                self.method.arrays(prefix),
                 self.num_train_examples,
                 float(private.result.mean_loss),
                 epsilon=private.epsilon,
@@ -133,7 +139,9 @@ class LocalClient:
             batch_size=batch_size,
             seed=seed,
         )
-        return StepResult(prefix_arrays(prefix), self.num_train_examples, float(result.mean_loss))
+        return StepResult(
+            self.method.arrays(prefix), self.num_train_examples, float(result.mean_loss)
+        )
 
     def validation_loss(self, theta: Arrays, batch_size: int = 8) -> tuple[float, int]:
         """Mean response-token loss of θ on this client's validation split."""
@@ -176,6 +184,7 @@ class LocalClient:
             prompts,
             generation,
             max_length=self.cfg.data.max_length,
+            method=self.method,
         )
 
 

@@ -20,9 +20,9 @@ from fedpkt.data.encoding import render_history
 from fedpkt.data.schema import Utterance
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone, load_backbone_from_config
-from fedpkt.model.export import export_peft_adapter
+from fedpkt.model.export import export_method_adapter
 from fedpkt.model.generate import generate_with
-from fedpkt.model.prefix import PrefixShape, prefix_shape_for
+from fedpkt.peft import PeftMethod, get_method
 from fedpkt.privacy.vault import Vault
 from fedpkt.rundir import RunDir
 
@@ -36,7 +36,7 @@ class PersonalPrefix:
 
     client_id: str
     folded: torch.Tensor  # (m, width)
-    shape: PrefixShape
+    method: PeftMethod  # the run's ``[prefix] method``
     backbone: Backbone
 
 
@@ -52,13 +52,9 @@ def open_personal_prefix(run_dir: str | Path, client_id: str) -> PersonalPrefix:
         PERSONALIZED_ENTRY, backbone_fingerprint=backbone.fingerprint
     )
     folded = torch.from_numpy(tensors["prefix"]).to(backbone.device)
-    shape = prefix_shape_for(backbone.model.config, int(folded.shape[0]))
-    if tuple(folded.shape) != (shape.num_virtual_tokens, shape.width):
-        raise FedpktError(
-            f"vault prefix of '{client_id}' has shape {tuple(folded.shape)}; expected "
-            f"({shape.num_virtual_tokens}, {shape.width}) for this backbone"
-        )
-    return PersonalPrefix(client_id, folded, shape, backbone)
+    method = get_method(cfg.prefix.method)
+    method.check_folded(folded, backbone.model.config, f"vault prefix of '{client_id}'")
+    return PersonalPrefix(client_id, folded, method, backbone)
 
 
 def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -78,7 +74,7 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
 def export_personal_prefix(
     run_dir: str | Path, client_id: str, out_dir: str | Path, *, overwrite: bool = False
 ) -> Path:
-    """Write the persona's prefix as a PEFT prefix-tuning adapter directory.
+    """Write the persona's prefix as a PEFT adapter directory of the run's method.
 
     The adapter is written beside ``out_dir`` first and then takes its place, so ``out_dir``
     ends up holding the adapter's files only.
@@ -88,7 +84,13 @@ def export_personal_prefix(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        export_peft_adapter(personal.folded, personal.shape, str(personal.backbone.path), staging)
+        export_method_adapter(
+            personal.folded,
+            personal.method,
+            personal.backbone.model.config,
+            str(personal.backbone.path),
+            staging,
+        )
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -119,6 +121,7 @@ class ChatSession:
             [prompt],
             self.generation,
             max_length=self.max_length,
+            method=self.personal.method,
         )
         self.history.append(Utterance("persona", answer))
         return answer

@@ -33,7 +33,6 @@ from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.eval.scoring import score_responses
 from fedpkt.model.generate import generate_with
-from fedpkt.model.prefix import PersonaPrefix
 from fedpkt.train.cohort import CohortJob, cohort_losses, default_cohort_size, train_cohort
 from fedpkt.train.dp import train_prefix_dp
 from fedpkt.train.loop import LoopSettings, TrainResult, pad_id_for
@@ -130,7 +129,7 @@ def personalize_cohort(
     pad_id = pad_id_for(model, backbone.tokenizer)
     cohort_size = phase2.cohort_size or default_cohort_size(backbone.device)
     outcomes: dict[str, Outcome] = {}
-    prefixes: dict[str, PersonaPrefix] = {}
+    prefixes: dict[str, torch.nn.Module] = {}
     live: dict[str, PersonaTask] = {}
     for task in tasks:
         cid = task.client.client_id
@@ -153,7 +152,8 @@ def personalize_cohort(
     live = {cid: task for cid, task in live.items() if cid in trained}
     if live:
         final_losses = test_losses()
-        folded = {cid: prefixes[cid].fold() for cid in live}
+        method = tasks[0].client.method
+        folded = {cid: method.fold(prefixes[cid]) for cid in live}
         replies = _generate(live, folded, generation, cohort_size)
     seconds = (time.perf_counter() - started) / len(tasks)
     for cid, task in live.items():
@@ -186,7 +186,7 @@ def personalize_cohort(
 def _train(
     model: torch.nn.Module,
     live: dict[str, PersonaTask],
-    prefixes: dict[str, PersonaPrefix],
+    prefixes: dict[str, torch.nn.Module],
     phase2: Phase2Config,
     cohort_size: int,
     pad_id: int,
@@ -257,6 +257,7 @@ def _generate(
         generation,
         max_length=first.cfg.data.max_length,
         batch_size=GENERATION_ROWS_PER_PERSONA * cohort_size,
+        method=first.method,
     )
     replies: dict[str, list[str]] = {cid: [] for cid in live}
     for cid, text in zip(owners, texts, strict=True):

@@ -91,10 +91,9 @@ def check_backbone(cfg: FedpktConfig) -> None:
 def check_prefix_memory(cfg: FedpktConfig, model_config: object) -> None:
     """Refuse a reparameterised prefix (``prefix.projection_hidden``) that could not train in
     this machine's memory: its parameters x 16 bytes must stay under half of it."""
-    from fedpkt.model.prefix import prefix_shape_for, trainable_params
+    from fedpkt.peft import get_method
 
-    shape = prefix_shape_for(model_config, cfg.prefix.num_virtual_tokens)
-    params = trainable_params(shape, cfg.prefix.projection_hidden)
+    params = get_method(cfg.prefix.method).trainable_params(model_config, cfg.prefix)
     need = params * TRAINING_BYTES_PER_PARAM
     total = psutil.virtual_memory().total
     if need > PREFIX_MEMORY_SHARE * total:

@@ -31,7 +31,7 @@ from fedpkt.algorithms import (
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json
 from fedpkt.config import FedpktConfig, Phase1Config
 from fedpkt.errors import FedpktError
-from fedpkt.model.prefix import PersonaPrefix, PrefixShape, prefix_arrays, prefix_shape_for
+from fedpkt.peft import get_method
 
 Arrays = dict[str, np.ndarray]
 CHECKPOINT_VERSION = 1
@@ -57,13 +57,12 @@ def client_seed(seed: int, round_num: int, client_id: str, purpose: str = "train
     return int.from_bytes(digest[:4], "little")
 
 
-def initial_theta(cfg: FedpktConfig, model_config: Any) -> tuple[Arrays, PrefixShape]:
-    """θ_0: the seeded random prefix for this backbone's shape (needs only its config)."""
-    shape = prefix_shape_for(model_config, cfg.prefix.num_virtual_tokens)
-    prefix = PersonaPrefix(
-        shape, cfg.prefix.projection_hidden, seed=cfg.seed, init_std=cfg.prefix.init_std
-    )
-    return prefix_arrays(prefix), shape
+def initial_theta(cfg: FedpktConfig, model_config: Any) -> tuple[Arrays, int]:
+    """θ_0, the seeded random module of the run's PEFT method for this backbone (needs only its
+    config), and the parameters one persona stores (``PeftMethod.stored_params``)."""
+    method = get_method(cfg.prefix.method)
+    module = method.build(model_config, cfg.prefix, seed=cfg.seed)
+    return method.arrays(module), method.stored_params(model_config, cfg.prefix.num_virtual_tokens)
 
 
 class SourceTrainer:

@@ -29,7 +29,6 @@ from fedpkt.config import FedpktConfig, config_to_toml, load_config, run_method_
 from fedpkt.errors import FedpktError
 from fedpkt.local import check_phase2_metrics
 from fedpkt.model.backbone_info import backbone_config, backbone_num_params
-from fedpkt.model.prefix import PrefixShape, stored_params
 from fedpkt.report import write_report
 from fedpkt.rundir import RunDir, create_run_dir, ensure_partitions
 from fedpkt.source import SourceTrainer, client_seed, initial_theta
@@ -137,8 +136,9 @@ def handshake(grid: Grid, node_ids: list[int], timeout: float) -> ClientDirector
     return directory
 
 
-def initial_prefix(cfg: FedpktConfig) -> tuple[Arrays, PrefixShape]:
-    """θ_0 for this run; the server reads only the backbone's config, never its weights."""
+def initial_prefix(cfg: FedpktConfig) -> tuple[Arrays, int]:
+    """θ_0 for this run and the parameters one persona stores; the server reads only the
+    backbone's config, never its weights."""
     return initial_theta(
         cfg, backbone_config(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
     )
@@ -368,7 +368,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
         source = load_source_prefix(run)
     if settings.phases in ("all", "personalize"):
         rows = run_phase2(grid, run, cfg, directory, source, settings)
-        _, shape = initial_prefix(cfg)
+        _, stored = initial_prefix(cfg)
         backbone_params = backbone_num_params(
             cfg.backbone.name, embedded_size=cfg.backbone.embedded_size
         )
@@ -377,7 +377,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
             method=settings.method or run_method_name(cfg),
             rounds=run.events("round"),
             clients=rows,
-            stored_params_pct=100.0 * stored_params(shape) / backbone_params,
+            stored_params_pct=100.0 * stored / backbone_params,
             config=cfg.model_dump(mode="json"),
             sections={
                 **client_dp_section(run.events("round")),

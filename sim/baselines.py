@@ -49,7 +49,7 @@ from fedpkt.eval.consistency import ConsistencyScorer, make_scorer
 from fedpkt.local import LocalClient
 from fedpkt.model.backbone import Backbone, load_backbone
 from fedpkt.model.backbone_info import backbone_num_params
-from fedpkt.model.prefix import prefix_shape_for, stored_params
+from fedpkt.peft import DEFAULT_METHOD, get_method
 from fedpkt.personalize import PersonaFailure, PersonaTask, personalize_cohort
 from fedpkt.preflight import check_run_inputs
 from fedpkt.report import ResultRow, read_results, write_report, write_results
@@ -180,11 +180,26 @@ def _run_reptile(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: Even
     return outcome
 
 
+def row_name(setting: Setting, cfg: FedpktConfig) -> str:
+    """The paper's name of ``setting``; its prefix rows run the configured PEFT method
+    (``prefix.method``), so under another method they carry its label: "Rand init +
+    Prompt-tuning", "PersonaPKT (PPReptile) + Prompt-tuning" (as ``fedpkt compare`` names the
+    federated runs of that method)."""
+    peft = get_method(cfg.prefix.method)
+    if setting.family != "prefix" or peft.name == DEFAULT_METHOD:
+        return setting.method
+    if setting.strategy is None:
+        return f"Rand init + {peft.label}"
+    return f"{setting.method} + {peft.label}"
+
+
 def _run_prefix(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: EventFn) -> Outcome:
     """Source prefix (PersonaPKT rows) or none (Rand init), then every persona personalized
     in cohorts (``personalize_cohort``, the code a phase-2 ClientApp runs)."""
-    shape = prefix_shape_for(cohort.backbone.model.config, cfg.prefix.num_virtual_tokens)
-    outcome = Outcome(stored_params_pct=100.0 * stored_params(shape) / cohort.backbone_params)
+    stored = get_method(cfg.prefix.method).stored_params(
+        cohort.backbone.model.config, cfg.prefix.num_virtual_tokens
+    )
+    outcome = Outcome(stored_params_pct=100.0 * stored / cohort.backbone_params)
     source = None
     phase2 = cfg.phase2.model_copy(update={"init": "random"})
     if setting.strategy is not None:
@@ -291,12 +306,13 @@ def _run_baselines(
                 on_event({**event, "setting": key})
             return event
 
-        emit({"event": "setting", "method": setting.method, "total": len(cohort.targets)})
+        name = row_name(setting, cfg)
+        emit({"event": "setting", "method": name, "total": len(cohort.targets)})
         outcome = RUNNERS[setting.family](setting, cfg, cohort, emit)
         seconds = time.perf_counter() - started
         write_report(
             run.root / setting.key,
-            method=setting.method,
+            method=name,
             rounds=outcome.rounds,
             clients=outcome.clients,
             stored_params_pct=outcome.stored_params_pct,
@@ -305,8 +321,8 @@ def _run_baselines(
         _update_manifest(
             run,
             setting.key,
-            {"method": setting.method, "seconds": seconds, "finished": time.time()},
+            {"method": name, "seconds": seconds, "finished": time.time()},
         )
-        emit({"event": "setting_done", "method": setting.method, "seconds": seconds})
+        emit({"event": "setting_done", "method": name, "seconds": seconds})
     write_results(run.root, combined_rows(run), cfg.model_dump(mode="json"))
     return run

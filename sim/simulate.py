@@ -26,6 +26,7 @@ from fedpkt.config import FedpktConfig
 from fedpkt.data.partition import load_client, load_manifest
 from fedpkt.errors import FedpktError, os_error
 from fedpkt.model.backbone import load_backbone, load_backbone_from_config
+from fedpkt.peft import get_method
 from fedpkt.preflight import check_run_inputs
 from fedpkt.privacy.exposure import client_canaries, exposure_markdown, exposure_table
 from fedpkt.report import append_section
@@ -217,7 +218,14 @@ def report_exposure(cfg: FedpktConfig, run: RunDir, data_root: Path, limit: int 
         return
     backbone = load_backbone_from_config(cfg.backbone, progress=False)
     source = load_file(str(run.source_prefix))
-    rows = exposure_table(backbone, source, canaries[:limit], num_samples=1000, seed=cfg.seed)
+    rows = exposure_table(
+        backbone,
+        source,
+        canaries[:limit],
+        num_samples=1000,
+        seed=cfg.seed,
+        peft=get_method(cfg.prefix.method),
+    )
     atomic_write_json(run.root / "exposure.json", [asdict(row) for row in rows])
     dp = f"DP-SGD on (target epsilon {cfg.dp.epsilon})" if cfg.dp.enabled else "DP-SGD off"
     append_section(

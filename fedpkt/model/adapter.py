@@ -28,6 +28,12 @@ position ids + m (fedpkt's convention, ``fedpkt.model.prefix``), one prefix per 
     model.generate(**inputs, generation_config=reply_generation_config(tokenizer))
 
 or, for a ``PeftModel`` loaded elsewhere, ``generate_with_prefix(peft_model, **inputs, ...)``.
+
+An exported soft prompt (``fedpkt.peft.prompt``) meets the same mismatch: PEFT decides whether
+to prepend the prompt embeddings by looking for ``past_key_values``, finds none at every step,
+and so feeds the prompt again each time. The same renaming fixes it, so ``load_adapter`` takes
+either kind of adapter. For prompt tuning PEFT drops position ids, so its replies are fedpkt's
+for unpadded prompts (one prompt per call); left padding shifts its positions.
 ``tests/test_adapter.py`` trains a prefix on the embedded default backbone, exports it and checks
 that this path gives ``generate_replies``' replies (greedy and beam 5, one prompt and a
 left-padded batch) with warnings as errors.
@@ -65,9 +71,10 @@ def _check_prefix_adapter(peft_model: Any) -> None:
         raise FedpktError(
             f"expected a PeftModel holding a prefix-tuning adapter; got {type(peft_model).__name__}"
         )
-    if config.peft_type != PeftType.PREFIX_TUNING:
+    if not config.is_prompt_learning:  # prefix or prompt tuning: what `fedpkt export` writes
         raise FedpktError(
-            f"adapter is {config.peft_type}; expected PREFIX_TUNING (what `fedpkt export` writes)"
+            f"adapter is {config.peft_type}; expected a prompt-learning adapter such as "
+            f"{PeftType.PREFIX_TUNING} or {PeftType.PROMPT_TUNING} (what `fedpkt export` writes)"
         )
 
 

@@ -1,7 +1,8 @@
 """Beam-search replies under persona prefixes, many personas in one batch.
 
 HF ``generate`` does the search (beam search with length penalty and n-gram blocking, or greedy
-with ``num_beams=1``); what fedpkt adds is how a *different* prefix per row gets in:
+with ``num_beams=1``); what fedpkt adds is how a *different* prefix per row gets in. That is the
+PEFT method's ``generation_inputs`` (``fedpkt.peft``); for prefix tuning, the default:
 
 - The prefix is handed to ``generate`` as a pre-filled cache (``prefix_cache``): m tokens of
   keys/values per layer, one row per prompt. ``generate`` expands every tensor argument to
@@ -16,6 +17,10 @@ with ``num_beams=1``); what fedpkt adds is how a *different* prefix per row gets
   left padding does not shift them), the same rule as ``forward_with_prefix`` in training, so a
   row generates the same text whether batched with others or alone. ``generate`` extends them
   by one per new token.
+
+Prompt tuning (``fedpkt.peft.prompt``) hands over input embeddings instead, m columns longer
+than the prompt, with m placeholder ids in front of ``input_ids`` so that the reply still starts
+after the last column of ``input_ids``.
 
 A reply is one line: generation stops at EOS or at any token whose text contains a newline, and
 the decoded text is cut at its first newline and stripped.
@@ -36,12 +41,8 @@ from fedpkt.data.encoding import encode_prompts, pad_token_id
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
 from fedpkt.model.positions import input_budget
-from fedpkt.model.prefix import (
-    prefix_attention_mask,
-    prefix_cache,
-    prefix_position_ids,
-    prefix_shape_for,
-)
+from fedpkt.model.prefix import prefix_position_ids
+from fedpkt.peft import PeftMethod, get_method
 
 _STOP_IDS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
 
@@ -134,8 +135,12 @@ def generate_replies(
     no_repeat_ngram_size: int = 3,
     max_length: int = 128,
     batch_size: int = 16,
+    method: PeftMethod | None = None,
 ) -> list[str]:
     """One reply per prompt, row i conditioned on prefix ``states[i]``.
+
+    ``method`` is the PEFT method of ``states`` (default: prefix tuning); it says how they get
+    into ``generate`` (``PeftMethod.generation_inputs``).
 
     ``states``: (n, m, width) with n = len(prompts) (rows may be different personas), one
     prefix (m, width) for all prompts, or None for the bare model. ``prompts`` are rendered
@@ -155,7 +160,7 @@ def generate_replies(
             raise FedpktError(f"{name} is {value!r}; expected an integer >= 1")
     row_states = _row_states(states, len(prompts))
     m = 0 if row_states is None else row_states.shape[1]
-    shape = None if row_states is None else prefix_shape_for(model.config, m)
+    peft = method or get_method()
     budget = input_budget(model.config, max_length, m, max_new_tokens)
     device = next(model.parameters()).device
     config = reply_generation_config(
@@ -178,17 +183,17 @@ def generate_replies(
             input_ids = encoded["input_ids"].to(device)
             mask = encoded["attention_mask"].to(device)
             kwargs: dict[str, Any] = {
+                "input_ids": input_ids,
                 "attention_mask": mask,
-                "position_ids": prefix_position_ids(mask, m),
+                "position_ids": prefix_position_ids(mask, 0),
             }
-            if row_states is not None and shape is not None:
-                rows = row_states[indices].detach()
-                rows = rows.to(device=device, dtype=model.dtype).repeat_interleave(num_beams, 0)
-                kwargs["cache"] = prefix_cache(rows.contiguous(), shape)
-                kwargs["attention_mask"] = prefix_attention_mask(mask, m)
             with torch.no_grad():
-                output = model.generate(input_ids=input_ids, generation_config=config, **kwargs)
-            new_tokens = output[:, input_ids.shape[1] :]
+                if row_states is not None:
+                    rows = row_states[indices].detach()
+                    rows = rows.to(device=device, dtype=model.dtype)
+                    kwargs = peft.generation_inputs(model, input_ids, mask, rows, num_beams)
+                output = model.generate(generation_config=config, **kwargs)
+            new_tokens = output[:, kwargs["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for i, text in zip(indices, texts, strict=True):
                 replies[i] = first_line(text)
@@ -206,6 +211,7 @@ def generate_with(
     *,
     max_length: int,
     batch_size: int = 16,
+    method: PeftMethod | None = None,
 ) -> list[str]:
     """``generate_replies`` with a run's ``[generation]`` section (``fedpkt.config``), so
     that every caller (phase 2, baselines, ``fedpkt chat``) honours every decoding setting."""
@@ -220,4 +226,5 @@ def generate_with(
         no_repeat_ngram_size=generation.no_repeat_ngram_size,
         max_length=max_length,
         batch_size=batch_size,
+        method=method,
     )

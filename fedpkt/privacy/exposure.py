@@ -37,12 +37,7 @@ from torch import Tensor, nn
 from fedpkt.data.encoding import render_history, render_target
 from fedpkt.data.schema import ClientData
 from fedpkt.errors import FedpktError
-from fedpkt.model.prefix import (
-    PersonaPrefix,
-    forward_with_prefix,
-    load_prefix_arrays,
-    prefix_shape_for,
-)
+from fedpkt.peft import PeftMethod, get_method, peft_forward
 from fedpkt.train.loop import model_device
 from fedpkt.train.prefix_training import backbone_parts
 
@@ -139,25 +134,15 @@ def extrapolated_exposure(sampled: Sequence[float], target: float, space: int) -
 
 
 def folded_states(
-    prefix: Tensor | Mapping[str, np.ndarray] | None, model: nn.Module
+    prefix: Tensor | Mapping[str, np.ndarray] | None,
+    model: nn.Module,
+    method: PeftMethod | None = None,
 ) -> Tensor | None:
-    """The folded prefix (m, width) from folded states, ``PersonaPrefix`` arrays, or None.
-
-    Arrays are the phase-1 payload (``prefix_arrays``): m and the MLP size k are read from
-    ``encoder.embedding.weight`` (m, d) and ``encoder.transform.0.weight`` (k, d).
-    """
+    """The folded prefix (m, width) from folded states, ``method``'s module arrays (the phase-1
+    payload; default method: prefix tuning), or None (``PeftMethod.fold_arrays``)."""
     if prefix is None or isinstance(prefix, Tensor):
         return prefix
-    try:
-        m = int(prefix["encoder.embedding.weight"].shape[0])
-        k = int(prefix["encoder.transform.0.weight"].shape[0])
-    except KeyError as exc:
-        raise FedpktError(
-            f"prefix arrays lack {exc.args[0]!r}; expected PersonaPrefix arrays"
-        ) from exc
-    module = PersonaPrefix(prefix_shape_for(model.config, m), k, seed=0)
-    load_prefix_arrays(module, prefix)
-    return module.fold()
+    return (method or get_method()).fold_arrays(model.config, prefix)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -172,10 +157,12 @@ def log_perplexities(
     sentences: Sequence[str],
     *,
     batch_size: int = 64,
+    peft: PeftMethod | None = None,
 ) -> list[float]:
     """Log-perplexity in bits of each sentence after ``context``: −Σ log2 P over its tokens.
 
-    ``states`` is a folded prefix (m, width) or None. Context and sentence are tokenised apart
+    ``states`` is a folded prefix (m, width) of the PEFT method ``peft`` (default: prefix
+    tuning) or None. Context and sentence are tokenised apart
     (the sentence starts with a space, so BPE word boundaries match joint tokenisation).
     """
     device = model_device(model)
@@ -210,7 +197,7 @@ def log_perplexities(
             if states is not None:
                 batch_states = states.to(device).unsqueeze(0).expand(len(chunk), -1, -1)
             logits = (
-                forward_with_prefix(model, input_ids.to(device), mask.to(device), batch_states)
+                peft_forward(peft, model, input_ids.to(device), mask.to(device), batch_states)
                 .logits[:, :-1]
                 .float()
             )
@@ -233,9 +220,11 @@ def canary_exposure(
     num_samples: int = 2_000,
     seed: int = 0,
     batch_size: int = 64,
+    peft: PeftMethod | None = None,
 ) -> ExposureRow:
     """The exposure of one canary under ``backbone`` (a ``Backbone`` or (model, tokenizer)) and
-    ``prefix`` (folded states, ``PersonaPrefix`` arrays, or None for the bare backbone).
+    ``prefix`` (folded states, module arrays of the PEFT method ``peft`` (default: prefix
+    tuning), or None for the bare backbone).
 
     |R| <= ``max_enumerate``: every candidate is scored, exact rank. Otherwise ``num_samples``
     candidates drawn uniformly (seeded) are scored and the skew-normal extrapolation is used;
@@ -244,7 +233,7 @@ def canary_exposure(
     model, tokenizer = backbone if isinstance(backbone, tuple) else backbone_parts(backbone)
     if tokenizer is None:
         raise FedpktError("exposure needs a tokenizer; expected a Backbone or (model, tokenizer)")
-    states = folded_states(prefix, model)
+    states = folded_states(prefix, model, peft)
     before, secret, after = split_secret(canary.text)
     space = space_size(secret)
 
@@ -255,7 +244,13 @@ def canary_exposure(
     model.eval()
     try:
         own = log_perplexities(
-            model, tokenizer, states, canary.context, [sentence(secret)], batch_size=batch_size
+            model,
+            tokenizer,
+            states,
+            canary.context,
+            [sentence(secret)],
+            batch_size=batch_size,
+            peft=peft,
         )[0]
         if space <= max_enumerate:
             others = [nth_candidate(secret, i) for i in range(space)]
@@ -267,6 +262,7 @@ def canary_exposure(
                 canary.context,
                 [sentence(c) for c in others],
                 batch_size=batch_size,
+                peft=peft,
             )
             rank = 1 + sum(score < own for score in scores)
             exposure, method, scored = exposure_from_rank(space, rank), "exact", len(scores) + 1
@@ -281,6 +277,7 @@ def canary_exposure(
                 canary.context,
                 [sentence(c) for c in sorted(picks)],
                 batch_size=batch_size,
+                peft=peft,
             )
             exposure = extrapolated_exposure(scores, own, space)
             rank, method, scored = space * 2.0 ** (-exposure), "extrapolated", len(scores) + 1

@@ -4,8 +4,9 @@ Phase 2 personalizes many personas against one frozen backbone. One persona's st
 batch of 4 rows), so training them one at a time leaves a GPU, and to a lesser degree a CPU's
 vector units, mostly idle. ``train_cohort`` runs ``fedpkt.train.loop.train_loop``'s algorithm
 for every persona of a cohort at once: at each step every active persona contributes its own
-next batch, the rows are concatenated (each row under its own persona's prefix,
-``forward_with_prefix``) and one forward/backward pass serves them all. Per persona, exactly as
+next batch, the rows are concatenated (each row under its own persona's prefix, through the
+PEFT method's ``forward``, ``fedpkt.peft``; one method per cohort) and one forward/backward
+pass serves them all. Per persona, exactly as
 ``train_loop`` does alone:
 
 - its own parameters, AdamW state, linear schedule (over its own number of steps) and gradient
@@ -43,7 +44,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from fedpkt.data.encoding import EncodedExample, collate
 from fedpkt.errors import FedpktError
-from fedpkt.model.prefix import forward_with_prefix
+from fedpkt.peft import PeftMethod, method_of, peft_forward
 from fedpkt.train.loop import (
     LoopSettings,
     OptimizerFactory,
@@ -205,6 +206,7 @@ def cohort_losses(
         if len(examples) == 0:
             raise FedpktError(f"evaluation set {index} has 0 examples; expected at least 1")
     prefixes = [fn for fn, _ in items if isinstance(fn, nn.Module)]
+    method = one_method([fn for fn, _ in items])
     flat = [(i, ex) for i, (_, examples) in enumerate(items) for ex in examples]
     flat.sort(key=lambda row: len(row[1].input_ids))
     totals = [0.0] * len(items)
@@ -215,8 +217,8 @@ def cohort_losses(
             chunk = flat[start : start + rows]
             batch = {k: v.to(device) for k, v in collate([ex for _, ex in chunk], pad_id).items()}
             row_states = torch.stack([states[i] for i, _ in chunk])
-            output = forward_with_prefix(
-                model, batch["input_ids"], batch["attention_mask"], row_states
+            output = peft_forward(
+                method, model, batch["input_ids"], batch["attention_mask"], row_states
             )
             sums, tokens = response_nll_rows(output.logits, batch["labels"])
             for (i, _), row_sum, row_tokens in zip(
@@ -300,6 +302,17 @@ def train_cohort(
     return {key: outcomes[key] for key in keys}
 
 
+def one_method(modules: Sequence[object]) -> PeftMethod:
+    """The PEFT method all of a pass's rows share (``method_of``); rows of different methods
+    cannot share one forward pass."""
+    methods = {method_of(module).name: method_of(module) for module in modules}
+    if len(methods) > 1:
+        raise FedpktError(
+            f"a cohort mixes PEFT methods {sorted(methods)}; expected one method per cohort"
+        )
+    return next(iter(methods.values())) if methods else method_of(None)
+
+
 def rows_per_pass(device: torch.device) -> int:
     """Rows per forward pass of a cohort: on a CPU, passes of similar-length rows cost the
     fewest padded FLOPs (compute-bound already at 16 rows of the embedded backbone); on a GPU,
@@ -342,6 +355,7 @@ def _cohort_step(
     flat = [ex for rows in batches for ex in rows]
     order = sorted(range(len(flat)), key=lambda r: len(flat[r].input_ids))
     states = [run.job.prefix(1) for run in active]  # (1, m, width) each
+    method = one_method([run.job.prefix for run in active])
     sums = torch.zeros(len(active), dtype=torch.float64, device=device)
     counts = torch.zeros(len(active), dtype=torch.long, device=device)
     step = rows_per_pass(device)
@@ -349,7 +363,9 @@ def _cohort_step(
         chunk = order[start : start + step]
         batch = {k: v.to(device) for k, v in collate([flat[r] for r in chunk], pad_id).items()}
         row_states = torch.cat([states[owners[r]] for r in chunk])
-        output = forward_with_prefix(model, batch["input_ids"], batch["attention_mask"], row_states)
+        output = peft_forward(
+            method, model, batch["input_ids"], batch["attention_mask"], row_states
+        )
         row_sums, row_counts = response_nll_rows(output.logits, batch["labels"])
         index = torch.tensor([owners[r] for r in chunk], device=device)
         sums = sums.index_add(0, index, row_sums.to(sums.dtype))

@@ -42,7 +42,7 @@ from fedpkt.config import DPConfig
 from fedpkt.data.encoding import IGNORE_INDEX, EncodedExample
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
-from fedpkt.model.prefix import forward_with_prefix
+from fedpkt.peft import PeftMethod, method_of, peft_forward
 from fedpkt.train.inner_loop import InnerResult, inner_steps
 from fedpkt.train.loop import (
     Batch,
@@ -132,14 +132,17 @@ def plan_dp(dp: DPConfig, *, num_examples: int, batch_size: int, steps: int) -> 
 # --- the per-example loss ----------------------------------------------------------------------
 
 
-def per_example_response_loss(model: nn.Module, states: Tensor | None, batch: Batch) -> Tensor:
+def per_example_response_loss(
+    model: nn.Module, states: Tensor | None, batch: Batch, method: PeftMethod | None = None
+) -> Tensor:
     """Each example's mean cross-entropy over its own response tokens: (batch,) float32.
 
-    ``states`` (batch, m, width) or None; ``batch`` holds input_ids/attention_mask/labels
-    (batch, T), labels -100 where no loss is taken. Row i is S_i / T_i with S_i the summed
-    next-token loss over row i's labelled positions and T_i their number.
+    ``states`` (batch, m, width) of ``method`` (default: prefix tuning) or None; ``batch``
+    holds input_ids/attention_mask/labels (batch, T), labels -100 where no loss is taken. Row i
+    is S_i / T_i with S_i the summed next-token loss over row i's labelled positions and T_i
+    their number.
     """
-    output = forward_with_prefix(model, batch["input_ids"], batch["attention_mask"], states)
+    output = peft_forward(method, model, batch["input_ids"], batch["attention_mask"], states)
     logits = output.logits[:, :-1].float()
     targets = batch["labels"][:, 1:].to(logits.device)
     per_token = nn.functional.cross_entropy(
@@ -152,10 +155,12 @@ def per_example_response_loss(model: nn.Module, states: Tensor | None, batch: Ba
     return per_token.sum(dim=1) / counts
 
 
-def mean_per_example_loss(model: nn.Module, states: Tensor | None, batch: Batch) -> Tensor:
+def mean_per_example_loss(
+    model: nn.Module, states: Tensor | None, batch: Batch, method: PeftMethod | None = None
+) -> Tensor:
     """The batch loss DP-SGD steps on: the mean of the per-example losses (opacus clips each
     example's gradient of its own term, then rescales by the batch size)."""
-    return per_example_response_loss(model, states, batch).mean()
+    return per_example_response_loss(model, states, batch, method).mean()
 
 
 # --- the private session ----------------------------------------------------------------------
@@ -284,9 +289,11 @@ def train_prefix_dp(
     plan = plan_dp(dp, num_examples=len(train), batch_size=batch_size, steps=steps)
     with private(prefix, plan, seed=seed) as session:
         wrapped = session.module
+        method = method_of(prefix)
 
         def loss_fn(batch: Batch) -> Tensor:
-            return mean_per_example_loss(model, wrapped(batch["input_ids"].shape[0]), batch)
+            states = wrapped(batch["input_ids"].shape[0])
+            return mean_per_example_loss(model, states, batch, method)
 
         def valid_loss() -> float:
             return evaluate_loss(model, prefix, valid, batch_size)

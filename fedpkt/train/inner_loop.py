@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from fedpkt.data.encoding import EncodedExample
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
+from fedpkt.peft import PeftMethod, method_of
 from fedpkt.train.loop import (
     Batch,
     OptimizerFactory,
@@ -61,7 +62,8 @@ def step_batches(num_examples: int, steps: int, batch_size: int, seed: int) -> l
     return [torch.randperm(num_examples, generator=generator)[:size].tolist() for _ in range(steps)]
 
 
-LossFn = Callable[[nn.Module, Tensor | None, Batch], Tensor]
+LossFn = Callable[[nn.Module, Tensor | None, Batch, PeftMethod], Tensor]
+"""(model, states, batch, the states' PEFT method) -> the loss to step on."""
 
 
 def inner_steps(
@@ -92,6 +94,7 @@ def inner_steps(
     optimizer = optimizer_factory(params, lr=lr, weight_decay=0.0)
     collate_fn = collate_for(model, pad_id)
     losses: list[float] = []
+    method = method_of(states_fn)
     trained.train()
     try:
         with seeded_rng(seed):
@@ -104,7 +107,7 @@ def inner_steps(
                     optimizer_step(
                         params,
                         optimizer,
-                        loss_fn(model, states, batch),
+                        loss_fn(model, states, batch, method),
                         max_grad_norm=None,
                         where=f"inner step {step}",
                     )

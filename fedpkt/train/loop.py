@@ -37,11 +37,11 @@ from transformers import get_linear_schedule_with_warmup
 
 from fedpkt.data.encoding import IGNORE_INDEX, EncodedExample, collate, pad_token_id
 from fedpkt.errors import FedpktError
-from fedpkt.model.prefix import forward_with_prefix
+from fedpkt.peft import PeftMethod, method_of, peft_forward
 
 Batch = dict[str, Tensor]
 StatesFn = Callable[[int], Tensor]
-"""Batch size -> prefix states (batch, m, width); a ``PersonaPrefix`` is one."""
+"""Batch size -> states (batch, m, width); a PEFT method's module is one (``fedpkt.peft``)."""
 
 T = TypeVar("T")
 
@@ -438,12 +438,15 @@ def _shifted(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return shifted, labels[:, 1:].to(shifted.device)
 
 
-def response_loss(model: nn.Module, states: Tensor | None, batch: Batch) -> Tensor:
+def response_loss(
+    model: nn.Module, states: Tensor | None, batch: Batch, method: PeftMethod | None = None
+) -> Tensor:
     """Mean cross-entropy over the response tokens of ``batch`` (token-weighted).
 
-    ``states`` (batch, m, width) or None for the bare model.
+    ``states`` (batch, m, width) of ``method`` (default: prefix tuning) or None for the bare
+    model.
     """
-    output = forward_with_prefix(model, batch["input_ids"], batch["attention_mask"], states)
+    output = peft_forward(method, model, batch["input_ids"], batch["attention_mask"], states)
     total, count = response_nll(output.logits, batch["labels"])
     if count == 0:
         raise FedpktError("batch has 0 response tokens; expected labels other than -100")
@@ -483,12 +486,15 @@ def evaluate_loss(
         raise FedpktError(f"batch_size is {batch_size}; expected at least 1")
     collate_fn = collate_for(model)
     prefix_module = states_fn if isinstance(states_fn, nn.Module) else None
+    method = method_of(states_fn)
     total, count = 0.0, 0
     with torch.no_grad(), eval_mode(model, prefix_module):
         for start in range(0, len(examples), batch_size):
             batch = collate_fn(list(examples[start : start + batch_size]))
             states = states_fn(batch["input_ids"].shape[0]) if states_fn is not None else None
-            output = forward_with_prefix(model, batch["input_ids"], batch["attention_mask"], states)
+            output = peft_forward(
+                method, model, batch["input_ids"], batch["attention_mask"], states
+            )
             batch_total, batch_count = response_nll(output.logits, batch["labels"])
             total += float(batch_total)
             count += batch_count
@@ -520,9 +526,11 @@ def fit(
     ``evaluate_loss`` on ``valid``; an empty ``valid`` means no early stopping.
     """
 
+    method = method_of(states_fn)
+
     def loss_fn(batch: Batch) -> Tensor:
         states = states_fn(batch["input_ids"].shape[0]) if states_fn is not None else None
-        return response_loss(model, states, batch)
+        return response_loss(model, states, batch, method)
 
     def valid_loss() -> float:
         return evaluate_loss(model, states_fn, valid, settings.batch_size)
