@@ -386,16 +386,6 @@ def create_run_dir(
     except OSError as err:
         raise os_error(err, "cannot write the run's config") from None
     return run
-    if old is not None:
-        changes = config_changes(old, text)
-        _check_change(run, changes, resume)
-        changed = {k: list(v) for k, v in changes.items()}
-        run.log_event({"event": "config_changed", "changes": changed})
-    try:
-        atomic_write_text(run.config_path, text)
-    except OSError as err:
-        raise os_error(err, "cannot write the run's config") from None
-    return run
 
 
 FINISHED = "a finished run"
