@@ -254,14 +254,15 @@ def reptile_meta_train(
 ) -> nn.Module:
     """Full-model Reptile on Part A: PPReptile's rounds with the whole model as θ.
 
-    Same θ-server (``SourceTrainer`` with strategy ppreptile: same client sampling, seeds and
+    Same θ-server (``SourceTrainer`` with strategy ppreptile, its configured parameters when
+    ppreptile is the configured strategy, else its defaults: same client sampling, seeds and
     outer optimizer β), same k/α/b_in; the inner loop is ``sgd_inner_steps_model`` on a
     trainable copy. Returns that copy holding the meta-trained θ. Memory: θ plus one model-size
     array per sampled client per round (float32, on the CPU).
     """
     model = trainable_copy(backbone.model)
     counts = {cid: c.num_train_examples for cid, c in clients.items()}
-    phase1 = cfg.phase1.model_copy(update={"strategy": "ppreptile"})
+    phase1 = cfg.phase1.with_strategy("ppreptile")
     trainer = SourceTrainer(model_arrays(model), phase1, counts, cfg.seed)
     for round_num in range(1, phase1.rounds + 1):
         updates = []

@@ -29,6 +29,7 @@ from fedpkt.config import privacy_mechanisms
 from fedpkt.errors import FedpktError
 from fedpkt.report import METRICS, NOT_MEASURED, PARTS, ResultRow, format_pct, read_results
 from fedpkt.rundir import RunDir
+from fedpkt.strategies import strategy_label
 
 Mode = Literal["federated", "centralized"]
 BASELINES_MANIFEST = "baselines.json"
@@ -74,11 +75,6 @@ PAPER_TABLE2: dict[str, PaperRow] = {
     "PersonaPKT (PPReptile)": _paper(
         (16.25, 15.30), (4.69, 3.64), (15.17, 14.01), (0.21, 0.16), "(N+1) * 0.1%"
     ),
-}
-_STRATEGY_SETTING = {
-    "ppreptile": "PersonaPKT (PPReptile)",
-    "base": "PersonaPKT (base)",
-    "temperature": "PersonaPKT (temperature)",
 }
 
 
@@ -169,9 +165,9 @@ def paper_setting(method: str, mode: Mode, config: Mapping[str, Any]) -> str:
     if mode == "federated" and method.startswith("PersonaPKT"):
         if config.get("phase2", {}).get("init") == "random":  # runs named before run_method_name
             return "Rand init + Prefix-tuning"
-        strategy = config.get("phase1", {}).get("strategy")
-        if strategy in _STRATEGY_SETTING:
-            return _STRATEGY_SETTING[strategy]
+        label = strategy_label(config.get("phase1", {}).get("strategy"))
+        if label is not None:
+            return label
     return method
 
 
