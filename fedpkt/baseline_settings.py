@@ -38,9 +38,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("persona-id-ft", "Persona_id + Fine-tuning", "finetune", context="persona_id"),
     Setting("reptile-ft", "Reptile + Fine-tuning", "reptile"),
     Setting("rand-prefix", "Rand init + Prefix-tuning", "prefix"),
-    Setting("pkt-base", "PersonaPKT (base)", "prefix", strategy="base"),
-    Setting("pkt-temperature", "PersonaPKT (temperature)", "prefix", strategy="temperature"),
-    Setting("pkt-ppreptile", "PersonaPKT (PPReptile)", "prefix", strategy="ppreptile"),
+    *(
+        Setting(f"pkt-{name}", STRATEGIES[name].label, "prefix", strategy=name)
+        for name in ("base", "temperature", "ppreptile")  # the paper's three, in its order
+    ),
 )
 EXTRA_SETTINGS: tuple[Setting, ...] = tuple(
     Setting(f"pkt-{name}", cls.label, "prefix", strategy=name)

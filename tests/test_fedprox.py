@@ -132,3 +132,29 @@ def test_federated_fedprox_under_dp_sgd_equals_centralized(tmp_path: Path) -> No
     for name in central:
         np.testing.assert_allclose(federated[name], central[name], rtol=1e-5, atol=1e-6)
     assert all(r["epsilon_max"] is not None for r in run.events("round"))
+
+
+@pytest.mark.e2e
+def test_fedprox_baseline_setting_matches_the_federated_run_in_compare(tmp_path: Path) -> None:
+    """``fedpkt baselines --only pkt-fedprox`` and ``fedpkt simulate`` with FedProx score the
+    same (one code path), and ``compare`` shows both under FedProx's label."""
+    from fedpkt.compare import read_comparison, write_comparison
+    from fedpkt.report import read_results
+    from sim.baselines import run_baselines
+
+    cfg = tiny_config(
+        phase1__rounds=2, phase1__strategy="fedprox", phase1__mu=5.0, phase2__max_epochs=1
+    )
+    central = run_baselines(cfg, tmp_path / "central", only="pkt-fedprox")
+    fed = simulate(cfg, tmp_path / "fed")
+    central_rows = {r.part: r for r in read_results(central.root).rows}
+    fed_rows = {r.part: r for r in read_results(fed.root).rows}
+    assert {r.method for r in central_rows.values()} == {"PersonaPKT (FedProx)"}
+    for part in ("B", "C"):
+        assert fed_rows[part].f1 == pytest.approx(central_rows[part].f1, abs=1e-6)
+    write_comparison([fed.root, central.root], tmp_path / "cmp")
+    rows = read_comparison(tmp_path / "cmp")["rows"]
+    assert {(r["setting"], r["mode"]) for r in rows} == {
+        ("PersonaPKT (FedProx)", "centralized"),
+        ("PersonaPKT (FedProx)", "federated"),
+    }
