@@ -377,11 +377,12 @@ class SecAggPlusTraining(_SourceEvaluation):
         theta = self.source.trainer.theta
         ids = [str(m.content[CONFIG][CLIENT_ID]) for m in messages]
         weights = secagg_weights(self.source.cfg, self.source.trainer.counts, ids)
+        weight_of = dict(zip(ids, weights, strict=True))  # client id -> its weight
         instructions = []
-        for msg, weight in zip(messages, weights, strict=True):
+        for msg in messages:
             config = dict(msg.content["config"])
             config[SECAGG_NAMES] = json.dumps(names)  # legacy configs hold scalars only
-            config[SECAGG_WEIGHT] = weight
+            config[SECAGG_WEIGHT] = weight_of[str(config[CLIENT_ID])]
             proxy = GridClientProxy(msg.metadata.dst_node_id, grid, 0)
             params = ndarrays_to_parameters([theta[name] for name in names])
             instructions.append((proxy, FitIns(parameters=params, config=config)))
