@@ -218,9 +218,9 @@ class Phase1Config(_Section):
         else:
             return data  # not a section: the field's own check names the problem
         name = strategy["name"]
-        if name not in STRATEGIES:
+        if not isinstance(name, str) or name not in STRATEGIES:
             raise ValueError(
-                f"phase1.strategy='{name}' is unknown; expected one of {', '.join(STRATEGIES)}"
+                f"phase1.strategy={name!r} is unknown; expected one of {', '.join(STRATEGIES)}"
             )
         owned = set(STRATEGIES[name].Params.model_fields)
         flat = [k for k in data if k not in cls.model_fields and k in _STRATEGY_KEYS]
