@@ -200,9 +200,9 @@ def cases() -> list[Case]:
     simulate = ["simulate", "--run-dir", "{sb}/run", *TINY_SETS]
     found = [Case(f"--set {k}={v}", [*simulate, "--set", f"{k}={v}"]) for k, v in _bad_values()]
     for key, value in [
-        ("phase1.strategy", "'fedprox'"),
+        ("phase1.strategy", "'fedsgd'"),
         ("phase1.sampling", "'random'"),
-        ("phase1.server_optimizer", "'rmsprop'"),
+        ("phase1.strategy.server_optimizer", "'rmsprop'"),
         ("phase2.init", "'zeros'"),
         ("backbone.embedded_size", "'huge'"),
         ("backbone.dtype", "'int8'"),

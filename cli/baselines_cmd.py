@@ -18,7 +18,7 @@ from cli.common import (
     stops_cleanly,
     task_progress,
 )
-from fedpkt.baseline_settings import SETTING_KEYS, select_settings
+from fedpkt.baseline_settings import ALL_SETTING_KEYS, SETTING_KEYS, select_settings
 
 
 @exits_cleanly
@@ -29,7 +29,8 @@ def baselines_command(
     only: str | None = typer.Option(
         None,
         "--only",
-        help=f"Comma-separated settings to run (default all): {','.join(SETTING_KEYS)}.",
+        help=f"Comma-separated settings to run (default the paper's eight: "
+        f"{','.join(SETTING_KEYS)}); also {','.join(ALL_SETTING_KEYS[len(SETTING_KEYS) :])}.",
     ),
 ) -> None:
     """Run the paper's eight settings centrally (fine-tuning baselines and PersonaPKT)."""

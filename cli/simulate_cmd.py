@@ -16,6 +16,7 @@ from cli.common import (
     run_progress,
     stops_cleanly,
 )
+from fedpkt.strategies import STRATEGIES
 
 
 @exits_cleanly
@@ -34,7 +35,9 @@ def simulate_command(
         "that do not change results, such as phase1.client_timeout_s).",
     ),
     init: str | None = typer.Option(None, "--init", help="Phase-2 init: source or random."),
-    strategy: str | None = typer.Option(None, "--strategy", help="ppreptile, base, temperature."),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="Phase-1 strategy with its defaults: " + ", ".join(STRATEGIES)
+    ),
     rounds: int | None = typer.Option(None, "--rounds", help="Phase-1 rounds."),
     backbone: str | None = typer.Option(None, "--backbone", help="embedded, hub id or dir."),
     secagg: bool | None = typer.Option(

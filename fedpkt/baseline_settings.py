@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedpkt.errors import FedpktError
+from fedpkt.strategies import STRATEGIES
 
 ContextKind = Literal["none", "description", "persona_id"]
 Family = Literal["finetune", "reptile", "prefix"]
@@ -37,17 +38,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("persona-id-ft", "Persona_id + Fine-tuning", "finetune", context="persona_id"),
     Setting("reptile-ft", "Reptile + Fine-tuning", "reptile"),
     Setting("rand-prefix", "Rand init + Prefix-tuning", "prefix"),
-    Setting("pkt-base", "PersonaPKT (base)", "prefix", strategy="base"),
-    Setting("pkt-temperature", "PersonaPKT (temperature)", "prefix", strategy="temperature"),
-    Setting("pkt-ppreptile", "PersonaPKT (PPReptile)", "prefix", strategy="ppreptile"),
+    *(
+        Setting(f"pkt-{name}", STRATEGIES[name].label, "prefix", strategy=name)
+        for name in ("base", "temperature", "ppreptile")  # the paper's three, in its order
+    ),
 )
+EXTRA_SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f"pkt-{name}", cls.label, "prefix", strategy=name)
+    for name, cls in STRATEGIES.items()
+    if name not in {s.strategy for s in SETTINGS}
+)
+"""PersonaPKT with each registered strategy beyond the paper's three (e.g. ``pkt-fedprox``):
+run only when named in ``--only``."""
+ALL_SETTINGS: tuple[Setting, ...] = (*SETTINGS, *EXTRA_SETTINGS)
 SETTING_KEYS: tuple[str, ...] = tuple(s.key for s in SETTINGS)
+"""The default run's settings (the paper's eight)."""
+ALL_SETTING_KEYS: tuple[str, ...] = tuple(s.key for s in ALL_SETTINGS)
 
 
 def select_settings(only: str | Iterable[str] | None = None) -> list[Setting]:
     """The settings named in ``only`` (keys, comma-separated or a list), in Table 2 order.
 
-    None or empty: all eight. An unknown name is an error naming the known keys.
+    None or empty: the paper's eight (``EXTRA_SETTINGS`` only when named). An unknown name is
+    an error naming the known keys.
     """
     if only is None:
         return list(SETTINGS)
@@ -55,10 +68,10 @@ def select_settings(only: str | Iterable[str] | None = None) -> list[Setting]:
     wanted = {name.strip() for name in names if name.strip()}
     if not wanted:
         return list(SETTINGS)
-    unknown = sorted(wanted - set(SETTING_KEYS))
+    unknown = sorted(wanted - set(ALL_SETTING_KEYS))
     if unknown:
         raise FedpktError(
             f"baseline setting(s) {', '.join(unknown)} unknown; expected some of "
-            f"{', '.join(SETTING_KEYS)}"
+            f"{', '.join(ALL_SETTING_KEYS)}"
         )
-    return [s for s in SETTINGS if s.key in wanted]
+    return [s for s in ALL_SETTINGS if s.key in wanted]

@@ -39,7 +39,7 @@ from fedpkt.model.positions import input_budget
 from fedpkt.source import ClientUpdate, SourceTrainer, client_seed
 from fedpkt.train.finetune import finetune, trainable_copy
 from fedpkt.train.inner_loop import sgd_inner_steps_model
-from fedpkt.train.loop import ProgressFn, TrainResult, evaluate_loss
+from fedpkt.train.loop import LoopSettings, ProgressFn, TrainResult, evaluate_loss
 
 Arrays = dict[str, np.ndarray]
 
@@ -179,22 +179,8 @@ def finetune_model(
     progress: ProgressFn | None = None,
 ) -> TrainResult:
     """``finetune`` with phase-2 settings, except the whole-model lr ``phase2.finetune_lr``."""
-    p2 = cfg.phase2
-    return finetune(
-        model,
-        tokenizer,
-        train,
-        valid,
-        lr=p2.finetune_lr,
-        batch_size=p2.batch_size,
-        max_epochs=p2.max_epochs,
-        patience=p2.patience,
-        warmup_ratio=p2.warmup_ratio,
-        weight_decay=p2.weight_decay,
-        max_grad_norm=p2.max_grad_norm,
-        seed=seed,
-        progress=progress,
-    )
+    settings = LoopSettings.for_phase2(cfg.phase2, seed, lr=cfg.phase2.finetune_lr)
+    return finetune(model, tokenizer, train, valid, settings, progress=progress)
 
 
 def finetune_pooled(
@@ -254,14 +240,15 @@ def reptile_meta_train(
 ) -> nn.Module:
     """Full-model Reptile on Part A: PPReptile's rounds with the whole model as θ.
 
-    Same θ-server (``SourceTrainer`` with strategy ppreptile: same client sampling, seeds and
+    Same θ-server (``SourceTrainer`` with strategy ppreptile, its configured parameters when
+    ppreptile is the configured strategy, else its defaults: same client sampling, seeds and
     outer optimizer β), same k/α/b_in; the inner loop is ``sgd_inner_steps_model`` on a
     trainable copy. Returns that copy holding the meta-trained θ. Memory: θ plus one model-size
     array per sampled client per round (float32, on the CPU).
     """
     model = trainable_copy(backbone.model)
     counts = {cid: c.num_train_examples for cid, c in clients.items()}
-    phase1 = cfg.phase1.model_copy(update={"strategy": "ppreptile"})
+    phase1 = cfg.phase1.with_strategy("ppreptile")
     trainer = SourceTrainer(model_arrays(model), phase1, counts, cfg.seed)
     for round_num in range(1, phase1.rounds + 1):
         updates = []

@@ -51,6 +51,7 @@ def train_source_centralized(
                 lr=p1.inner_lr,
                 batch_size=p1.inner_batch_size,
                 seed=client_seed(cfg.seed, round_num, cid, "train"),
+                strategy=trainer.strategy,
             )
             updates.append(ClientUpdate(cid, step.arrays, step.num_examples, step.loss))
         trainer.apply(updates)

@@ -29,6 +29,7 @@ from fedpkt.config import PrefixConfig, privacy_mechanisms
 from fedpkt.errors import FedpktError
 from fedpkt.report import METRICS, NOT_MEASURED, PARTS, ResultRow, format_pct, read_results
 from fedpkt.rundir import RunDir
+from fedpkt.strategies import strategy_label
 
 Mode = Literal["federated", "centralized"]
 BASELINES_MANIFEST = "baselines.json"
@@ -74,11 +75,6 @@ PAPER_TABLE2: dict[str, PaperRow] = {
     "PersonaPKT (PPReptile)": _paper(
         (16.25, 15.30), (4.69, 3.64), (15.17, 14.01), (0.21, 0.16), "(N+1) * 0.1%"
     ),
-}
-_STRATEGY_SETTING = {
-    "ppreptile": "PersonaPKT (PPReptile)",
-    "base": "PersonaPKT (base)",
-    "temperature": "PersonaPKT (temperature)",
 }
 
 
@@ -174,9 +170,9 @@ def paper_setting(method: str, mode: Mode, config: Mapping[str, Any]) -> str:
     if mode == "federated" and method.startswith("PersonaPKT"):
         if config.get("phase2", {}).get("init") == "random":  # runs named before run_method_name
             return "Rand init + Prefix-tuning"
-        strategy = config.get("phase1", {}).get("strategy")
-        if strategy in _STRATEGY_SETTING:
-            return _STRATEGY_SETTING[strategy]
+        label = strategy_label(config.get("phase1", {}).get("strategy"))
+        if label is not None:
+            return label
     return method
 
 
@@ -185,9 +181,9 @@ def _method_setting(method: str, config: Mapping[str, Any]) -> str:
     setting of its own: "Rand init + Prompt-tuning", or the strategy's PersonaPKT setting
     with the method's label, "PersonaPKT (PPReptile) + Prompt-tuning" (``run_method_name``)."""
     name = method.split(" (", 1)[0]  # without the "(federated, ...)" tail
-    strategy = config.get("phase1", {}).get("strategy")
-    if name.startswith("PersonaPKT + ") and strategy in _STRATEGY_SETTING:
-        return f"{_STRATEGY_SETTING[strategy]} + {name.removeprefix('PersonaPKT + ')}"
+    label = strategy_label(config.get("phase1", {}).get("strategy"))
+    if name.startswith("PersonaPKT + ") and label is not None:
+        return f"{label} + {name.removeprefix('PersonaPKT + ')}"
     return name
 
 

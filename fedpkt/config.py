@@ -17,7 +17,6 @@ from typing import Any, Literal, get_args, get_origin
 import tomli_w
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -26,6 +25,13 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from fedpkt.errors import FedpktError
+from fedpkt.section import Section
+from fedpkt.strategies import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    AnyStrategyParams,
+    StrategyParams,
+)
 
 # Presets ship inside the package (package data), so an installed wheel has them too.
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -44,17 +50,7 @@ def _device_text(key: str, value: str) -> str:
     return text
 
 
-class _Section(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated.
-
-    Strict types: an integer field takes an integer only (not ``true``, not ``1e3``, not
-    ``"3"``), a number field a finite number (``inf`` and ``nan`` are refused), a switch
-    ``true`` or ``false``. Every numeric field has a documented range (``ge``/``le``).
-    """
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, frozen=False, strict=True, allow_inf_nan=False
-    )
+_Section = Section
 
 
 class BackboneConfig(_Section):
@@ -172,14 +168,30 @@ class PrefixConfig(_Section):
 
 
 class Phase1Config(_Section):
-    strategy: Literal["ppreptile", "base", "temperature"] = Field(
-        "ppreptile", description="Source-prefix training: PPReptile, base (FedAvg), temperature."
+    """Source-prefix training. ``strategy`` is its own section, ``[phase1.strategy]``, whose
+    ``name`` picks a plug-in of ``fedpkt.strategies`` and whose other keys are that strategy's
+    parameters (a key of another strategy is an error).
+
+    Shorthands kept from the flat layout: ``strategy = "base"`` (a name: that strategy with
+    its defaults), and a strategy parameter written directly under ``[phase1]`` (``outer_lr``,
+    ``mu``, ...; also ``--set phase1.outer_lr=...``) moves into ``[phase1.strategy]``.
+    """
+
+    strategy: AnyStrategyParams = Field(
+        default_factory=lambda: STRATEGIES[DEFAULT_STRATEGY].Params(),
+        description="Source-prefix training strategy: [phase1.strategy] name = "
+        + ", ".join(STRATEGIES)
+        + " (see docs/strategies.md), with that strategy's parameters.",
     )
     sampling: Literal["uniform", "temperature"] = Field(
         "uniform", description="Client sampling: uniform, or p_i proportional to n_i^(1/T)."
     )
     temperature: float = Field(
-        10.0, gt=0.0, le=1000.0, description="T of temperature-scaled mixing."
+        10.0,
+        gt=0.0,
+        le=1000.0,
+        description="T of temperature sampling (phase1.sampling) and of the temperature "
+        "strategy's mixing weights.",
     )
     rounds: int = Field(20, ge=1, le=100_000, description="Federated rounds (outer iterations).")
     clients_per_round: int = Field(
@@ -198,20 +210,59 @@ class Phase1Config(_Section):
         1e-4, gt=0.0, le=10.0, description="alpha: inner (client) SGD learning rate."
     )
     inner_batch_size: int = Field(2, ge=1, le=4096, description="b_in: inner-loop batch size.")
-    outer_lr: float = Field(
-        3e-5, gt=0.0, le=10.0, description="beta: outer (server) learning rate."
-    )
-    server_optimizer: Literal["sgd", "adam"] = Field(
-        "adam",
-        description="How the pseudo-gradient theta - mean(W_i) is applied: plain Reptile step "
-        "(sgd) or Adam as in FedOpt (the reading under which beta=3e-5 is sensible).",
-    )
     eval_clients: int = Field(
         4, ge=0, le=100_000, description="Clients sampled for federated validation."
     )
     client_timeout_s: float = Field(
         600.0, gt=0.0, le=604_800.0, description="Per-round reply timeout (at most a week)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_section(cls, data: Any) -> Any:
+        """Accept the shorthands (a strategy name; flat strategy keys) as ``[phase1.strategy]``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        strategy = data.get("strategy", DEFAULT_STRATEGY)
+        if isinstance(strategy, str):
+            strategy = {"name": strategy}
+        elif isinstance(strategy, StrategyParams):
+            strategy = strategy.model_dump()
+        elif isinstance(strategy, dict):
+            strategy = {"name": DEFAULT_STRATEGY, **strategy}
+        else:
+            return data  # not a section: the field's own check names the problem
+        name = strategy["name"]
+        if not isinstance(name, str) or name not in STRATEGIES:
+            raise ValueError(
+                f"phase1.strategy={name!r} is unknown; expected one of {', '.join(STRATEGIES)}"
+            )
+        owned = set(STRATEGIES[name].Params.model_fields)
+        flat = [k for k in data if k not in cls.model_fields and k in _STRATEGY_KEYS]
+        for key in [*flat, *strategy]:
+            owners = [s for s, c in STRATEGIES.items() if key in c.Params.model_fields]
+            if key not in owned and owners:
+                where = "phase1." if key in flat else "phase1.strategy."
+                raise ValueError(
+                    f"{where}{key} does nothing for phase1.strategy='{name}'; it is a "
+                    f"parameter of {', '.join(owners)}"
+                )
+        strategy.update({key: data.pop(key) for key in flat})
+        data["strategy"] = strategy
+        return data
+
+    def with_strategy(self, name: str) -> Phase1Config:
+        """This section with strategy ``name``: its configured parameters when it is the
+        configured one, else that strategy's defaults."""
+        if self.strategy.name == name:
+            return self
+        return self.model_copy(update={"strategy": STRATEGIES[name].Params()})
+
+
+_STRATEGY_KEYS = {
+    key for cls in STRATEGIES.values() for key in cls.Params.model_fields if key != "name"
+}
 
 
 class Phase2Config(_Section):
@@ -489,6 +540,9 @@ def config_keys(model: type[BaseModel] = FedpktConfig, prefix: str = "") -> list
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             docs += config_keys(annotation, f"{prefix}{name}.")
             continue
+        if model is Phase1Config and name == "strategy":
+            docs += _strategy_keys(f"{prefix}{name}.")
+            continue
         low, high = _bounds(info)
         docs.append(
             KeyDoc(
@@ -500,6 +554,27 @@ def config_keys(model: type[BaseModel] = FedpktConfig, prefix: str = "") -> list
                 info.description or "",
             )
         )
+    return docs
+
+
+def _strategy_keys(prefix: str) -> list[KeyDoc]:
+    """``phase1.strategy.name`` and each strategy's parameters, help prefixed by its name."""
+    choices = " | ".join(STRATEGIES)
+    help_text = "Source-prefix training strategy (docs/strategies.md)."
+    docs = [KeyDoc(f"{prefix}name", choices, "", "", DEFAULT_STRATEGY, help_text)]
+    for strategy, cls in STRATEGIES.items():
+        for doc in config_keys(cls.Params, prefix):
+            if doc.key != f"{prefix}name":
+                docs.append(
+                    KeyDoc(
+                        doc.key,
+                        doc.kind,
+                        doc.low,
+                        doc.high,
+                        doc.default,
+                        f"[{strategy}] {doc.help}",
+                    )
+                )
     return docs
 
 
@@ -553,7 +628,10 @@ _EXPECTED = {
 
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
+    loc = [str(p) for p in first["loc"]]
+    if loc[:2] == ["phase1", "strategy"] and len(loc) > 3 and loc[2] in STRATEGIES:
+        del loc[2]  # the union's tag: phase1.strategy.outer_lr, not ...ppreptile.outer_lr
+    key = ".".join(loc) or "config"
     msg = _EXPECTED.get(first["type"], first["msg"].replace("Input should be", "expected"))
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
@@ -587,8 +665,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def _set_nested(data: dict[str, Any], path: list[str], value: Any) -> None:
     node = data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
+        if path[: depth + 1] == ["phase1", "strategy"] and isinstance(child, str):
+            child = node[part] = {"name": child}  # strategy = "x" is [phase1.strategy] name = "x"
         if not isinstance(child, dict):
             raise FedpktError(f"config key '{'.'.join(path)}': '{part}' is not a section")
         node = child

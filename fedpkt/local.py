@@ -28,9 +28,10 @@ from fedpkt.model.generate import generate_with
 from fedpkt.model.positions import input_budget
 from fedpkt.peft import PeftMethod, get_method
 from fedpkt.personalize import PersonaFailure, PersonalizeResult, PersonaTask, personalize_cohort
+from fedpkt.strategies import Phase1Strategy, build_strategy
 from fedpkt.train.dp import dp_inner_steps
 from fedpkt.train.inner_loop import sgd_inner_steps
-from fedpkt.train.loop import evaluate_loss
+from fedpkt.train.loop import evaluate_loss, sgd
 
 Arrays = dict[str, np.ndarray]
 
@@ -66,6 +67,7 @@ class LocalClient:
         self.data = data
         self.backbone = backbone
         self.cfg = cfg
+        self.strategy = build_strategy(cfg.phase1)  # its client half shapes source_step
         self.examples: dict[Split, list[Example]] = {
             split: examples_from_dialogues(dialogues, cfg.data.history_turns)
             for split, dialogues in data.splits.items()
@@ -108,10 +110,23 @@ class LocalClient:
 
     # -- phase 1 ----------------------------------------------------------------------------
     def source_step(
-        self, theta: Arrays, *, steps: int, lr: float, batch_size: int, seed: int
+        self,
+        theta: Arrays,
+        *,
+        steps: int,
+        lr: float,
+        batch_size: int,
+        seed: int,
+        strategy: Phase1Strategy | None = None,
     ) -> StepResult:
-        """W_i = SGD(L_i, θ, α, k): k plain SGD steps from θ on this client's training data."""
+        """W_i = SGD(L_i, θ, α, k): k SGD steps from θ on this client's training data.
+
+        The configured strategy's client half may change the step (``client_optimizer``: e.g.
+        FedProx's proximal gradient); under DP-SGD it wraps the optimizer opacus wraps.
+        ``strategy``: the one to step for (default: this client's configured one).
+        """
         prefix = self.prefix_from(theta, seed)
+        optimizer = (strategy or self.strategy).client_optimizer(sgd)
         if self.cfg.dp.enabled:  # σ calibrated for a client picked in every round: rounds · k
             private = dp_inner_steps(
                 self.backbone,
@@ -123,6 +138,7 @@ class LocalClient:
                 batch_size=batch_size,
                 seed=seed,
                 planned_steps=steps * max(self.cfg.phase1.rounds, 1),
+                optimizer_factory=optimizer,
             )
             return StepResult(
                 self.method.arrays(prefix),
@@ -138,6 +154,7 @@ class LocalClient:
             steps=steps,
             batch_size=batch_size,
             seed=seed,
+            optimizer_factory=optimizer,
         )
         return StepResult(
             self.method.arrays(prefix), self.num_train_examples, float(result.mean_loss)

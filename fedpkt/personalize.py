@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,20 +71,6 @@ class PersonaFailure:
 
 
 Outcome = PersonalizeResult | PersonaFailure
-
-
-def loop_settings(phase2: Phase2Config, seed: int) -> LoopSettings:
-    """Phase 2's training schedule for one persona (one place for the mapping)."""
-    return LoopSettings(
-        lr=phase2.lr,
-        batch_size=phase2.batch_size,
-        max_epochs=phase2.max_epochs,
-        patience=phase2.patience,
-        warmup_ratio=phase2.warmup_ratio,
-        weight_decay=phase2.weight_decay,
-        max_grad_norm=phase2.max_grad_norm,
-        seed=seed,
-    )
 
 
 def _has_response(examples: Sequence[EncodedExample]) -> bool:
@@ -200,9 +186,6 @@ def _train(
     first = next(iter(live.values())).client
     if first.cfg.dp.enabled:  # opacus wraps one prefix at a time: per-example clipping per model
         for cid, task in live.items():
-            # DP-SGD clips per example; a global clip on top would change its sensitivity.
-            schedule = asdict(loop_settings(phase2, task.seed))
-            del schedule["max_grad_norm"]
             try:
                 private = train_prefix_dp(
                     first.backbone,
@@ -210,7 +193,7 @@ def _train(
                     task.client.encoded["train"],
                     task.client.encoded["valid"],
                     first.cfg.dp,
-                    **schedule,
+                    LoopSettings.for_phase2(phase2, task.seed),  # its global clip is dropped
                 )
                 trained[cid], epsilons[cid] = private.result, private.epsilon
             except FedpktError as err:
@@ -222,7 +205,7 @@ def _train(
             prefixes[cid],
             task.client.encoded["train"],
             task.client.encoded.get("valid", []),
-            loop_settings(phase2, task.seed),
+            LoopSettings.for_phase2(phase2, task.seed),
         )
         for cid, task in live.items()
     ]

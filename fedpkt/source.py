@@ -19,19 +19,12 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from fedpkt.algorithms import (
-    OptimizerState,
-    ServerOptimizer,
-    check_update,
-    ppreptile_step,
-    sample_clients,
-    temperature_weights,
-    weighted_average,
-)
+from fedpkt.algorithms import OptimizerState, check_update, sample_clients, temperature_weights
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json
 from fedpkt.config import FedpktConfig, Phase1Config
 from fedpkt.errors import FedpktError
 from fedpkt.peft import get_method
+from fedpkt.strategies import build_strategy
 
 Arrays = dict[str, np.ndarray]
 CHECKPOINT_VERSION = 1
@@ -66,7 +59,8 @@ def initial_theta(cfg: FedpktConfig, model_config: Any) -> tuple[Arrays, int]:
 
 
 class SourceTrainer:
-    """Server-side state of source-prefix training (PPReptile, base or temperature).
+    """Server-side state of source-prefix training: θ, sampling, and the configured strategy's
+    outer step (``fedpkt.strategies``), whose server state it checkpoints.
 
     ``counts`` maps every Part A client id to its number of training examples n_i; the server
     learns these from the clients' handshake, never from their data.
@@ -82,7 +76,7 @@ class SourceTrainer:
         self.counts = {cid: int(counts[cid]) for cid in self.client_ids}
         self.round = 0
         self.rng = np.random.default_rng(seed)
-        self.optimizer = ServerOptimizer(cfg.server_optimizer, lr=cfg.outer_lr)
+        self.strategy = build_strategy(cfg)
 
     # -- sampling ---------------------------------------------------------------------------
     def sampling_weights(self) -> np.ndarray | None:
@@ -134,25 +128,27 @@ class SourceTrainer:
         if not updates:
             raise FedpktError("no valid client update to aggregate this round")
         ordered = sorted(updates, key=lambda u: u.client_id)  # order-independent maths
-        arrays = [u.arrays for u in ordered]
-        if self.cfg.strategy == "ppreptile":
-            self.theta = ppreptile_step(self.theta, arrays, self.optimizer)
-        else:
-            counts = [float(u.num_examples) for u in ordered]
-            if self.cfg.strategy == "temperature":
-                weights = list(temperature_weights(counts, self.cfg.temperature))
-            else:
-                weights = counts
-            self.theta = weighted_average(arrays, weights)
+        self.theta = self.strategy.outer_step(
+            self.theta, [u.arrays for u in ordered], [float(u.num_examples) for u in ordered]
+        )
         self.round += 1
         return self.theta
+
+    def apply_mean(self, mean: Arrays, loss: float, source: str) -> Arrays:
+        """The outer step on one already-aggregated W̄ (a DP release, a SecAgg+ sum): the
+        strategy's step given the single update W̄ (weight 1); ``source`` names it in errors."""
+        return self.apply([ClientUpdate(source, mean, num_examples=1, loss=loss)])
+
+    def skip_round(self, server_round: int) -> None:
+        """Count ``server_round`` as done with θ unchanged (a wrapper released nothing)."""
+        self.round = server_round
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``round-NNNN.safetensors`` (θ and optimizer arrays) and its JSON state."""
         directory = Path(directory)
         tensors = {f"theta/{k}": v for k, v in self.theta.items()}
-        opt_state = self.optimizer.state_dict()
+        opt_state = self.strategy.state_dict()
         tensors.update({f"opt/{k}": v for k, v in opt_state.arrays.items()})
         stem = f"round-{self.round:04d}"
         atomic_write_bytes(directory / f"{stem}.safetensors", save_safetensors(tensors))
@@ -201,7 +197,7 @@ class SourceTrainer:
         check_update(self.theta, theta, who=f"checkpoint '{state_path}'")
         self.theta = theta
         opt = {k.removeprefix("opt/"): v for k, v in blob.items() if k.startswith("opt/")}
-        self.optimizer.load_state_dict(OptimizerState(meta=state["optimizer"], arrays=opt))
+        self.strategy.load_state_dict(OptimizerState(meta=state["optimizer"], arrays=opt))
         self.rng.bit_generator.state = state["rng"]
         self.round = int(state["round"])
         return state.get("extra", {})

@@ -46,6 +46,7 @@ from wire import (
     PHASE_PERSONALIZE,
     SEEDS,
     SERVER_ROUND,
+    from_array_record,
     persona_metrics_record,
     to_array_record,
 )
@@ -153,7 +154,6 @@ def run_phase1(
     trainer = SourceTrainer(
         theta0, cfg.phase1, {e.client_id: e.num_examples for e in part_a}, cfg.seed
     )
-    start_round = 0
     resumed: dict = {}
     latest = SourceTrainer.latest_checkpoint(run.checkpoints)
     if latest is not None:
@@ -162,15 +162,18 @@ def run_phase1(
                 f"'{run.root}' already has phase-1 checkpoints; pass --resume to continue it"
             )
         resumed = trainer.load(latest).get("last_event", {})
-        start_round = trainer.round
-        log(INFO, "resuming phase 1 after round %d", start_round)
+        log(INFO, "resuming phase 1 after round %d", trainer.round)
     strategy = SourcePrefixStrategy(
         trainer, directory, config_to_toml(cfg), run, on_round=settings.on_event
     )
     hooks = phase1_hooks(strategy, cfg, len(part_a), resumed)  # DP / SecAgg+ wrappers
-    theta = strategy.start(
-        grid, timeout=cfg.phase1.client_timeout_s, start_round=start_round, hooks=hooks
+    result = hooks.start(
+        grid,
+        to_array_record(trainer.theta),
+        num_rounds=cfg.phase1.rounds,
+        timeout=cfg.phase1.client_timeout_s,
     )
+    theta = from_array_record(result.arrays)
     atomic_write_bytes(run.source_prefix, save_safetensors(theta))
     return theta
 

@@ -1,8 +1,12 @@
 """Phase 1 with client-level DP (Flower's DP strategy wrappers) or with SecAgg+.
 
-Both are wrappers around :class:`server.strategy.SourcePrefixStrategy`: the round loop in its
-``start`` calls the wrapper's four hooks (``start(..., hooks=wrapper)``), and the wrapper ends in
-the same SourceTrainer outer step, so the maths of PPReptile is not duplicated.
+Both are wrappers around :class:`server.strategy.SourcePrefixStrategy` and are
+:class:`server.strategy.Phase1Hooks` themselves: the one round loop (``Phase1Hooks.start``) calls
+the wrapper's four hooks, and the wrapper ends in the same SourceTrainer outer step
+(``SourceTrainer.apply_mean``), so no strategy's maths is duplicated. A wrapper reaches the
+wrapped strategy through its public methods only (``configure_train``, ``collect_updates``,
+``train_metrics``, ``record_epsilon``, the trainer's ``apply_mean``/``skip_round``/
+``aggregation_weights``) and adds its round-event fields through ``round_info``.
 
 Client-level DP (McMahan et al. 2018; Andrew et al. 2021 for adaptive clipping)
 ------------------------------------------------------------------------------
@@ -11,10 +15,11 @@ W_i − θ to norm C and adds N(0, (z·C/m)²) to the aggregate its inner strate
 strategy here is :class:`UpdateMean`: W̄ = θ + (1/m) Σ_i clip(W_i − θ), with m = b_out, the
 number of clients *sampled* (a fixed denominator, so one client moves W̄ by at most C/m even
 when others drop out). The wrapper's output is the noised mean W̃; the outer step then runs on
-it, ``SourceTrainer.apply([W̃])``: PPReptile's θ ← opt(θ, g = θ − W̃), or W̃ itself for
-``base``/``temperature``. The outer step only post-processes a DP release, so the guarantee
-holds whatever the server optimizer; under DP every strategy averages uniformly (count or
-temperature weights would break the C/m sensitivity).
+it, ``SourceTrainer.apply_mean(W̃)``: PPReptile's θ ← opt(θ, g = θ − W̃), or W̃ itself for
+the averaging strategies (``base``, ``temperature``, ``fedprox``). The outer step only
+post-processes a DP release, so the guarantee holds whatever the server optimizer; under DP
+every strategy averages uniformly (count or temperature weights would break the C/m
+sensitivity).
 
 ε is accounted with opacus's RDP accountant for the subsampled Gaussian mechanism: q = b_out /
 |Part A| under uniform client sampling (temperature sampling gets no amplification, q = 1), z
@@ -38,8 +43,9 @@ There is no Message-API SecAgg+ strategy. So :class:`SecAggPlusTraining` is a Me
 Strategy whose ``configure_train`` runs the workflow's four stages itself (setup, share keys,
 collect masked vectors, unmask; each a ``grid.send_and_receive``) through a small legacy
 adapter (:class:`_LegacyRound`), returns no message for the loop to send, and applies the outer
-step in ``aggregate_train``. Clients send Δ_i = W_i − θ, weighted (1 for PPReptile, n_i for
-base, n_i^(1/T) for temperature) and quantized to 2^22 levels over ±``secagg_clipping_range``;
+step in ``aggregate_train``. Clients send Δ_i = W_i − θ, weighted by the strategy's
+``aggregation_weights`` (1 for PPReptile, n_i for base and fedprox, n_i^(1/T) for temperature)
+and quantized to 2^22 levels over ±``secagg_clipping_range``;
 the server only ever sees Σ w_i Δ_i / Σ w_i. The client side is ``clients/secure.py``.
 """
 
@@ -67,16 +73,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
 )
 from flwr.supercore import log
 
-from fedpkt.algorithms import temperature_weights
 from fedpkt.config import DPConfig, FedpktConfig, Phase1Config, PrivacyConfig
 from fedpkt.errors import FedpktError
 from fedpkt.source import ClientUpdate
+from fedpkt.strategies import build_strategy
 from fedpkt.train.dp import RDP_ALPHAS
-from server.strategy import SourcePrefixStrategy
+from server.strategy import Phase1Hooks, SourcePrefixStrategy
 from wire import CLIENT_ID, CONFIG, from_array_record, to_array_record
 
 Arrays = dict[str, np.ndarray]
@@ -121,7 +126,7 @@ def client_dp_epsilon(
 
 
 # ======================================================================= client-level DP
-class _SourceEvaluation(Strategy):
+class _SourceEvaluation(Phase1Hooks):
     """Phase-1 training wrappers change how θ is aggregated, never federated validation:
     evaluation always goes through the wrapped SourcePrefixStrategy (``self.source``)."""
 
@@ -149,7 +154,12 @@ class UpdateMean(_SourceEvaluation):
     def __init__(self, source: SourcePrefixStrategy) -> None:
         self.source = source
         self.sampled = 0
-        self.updates: list[ClientUpdate] = []
+        self._screened: dict[str, ClientUpdate] = {}  # reply message id -> its screened update
+
+    def expect(self, screened: list[tuple[Message, ClientUpdate]]) -> None:
+        """The screened replies the DP wrapper will pass on (clipped): each reply's count and
+        loss are looked up by its message id, whatever order the wrapper passes them in."""
+        self._screened = {msg.metadata.message_id: update for msg, update in screened}
 
     def summary(self) -> None:
         self.source.summary()
@@ -165,12 +175,11 @@ class UpdateMean(_SourceEvaluation):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         theta = self.source.trainer.theta
-        updates = [
-            ClientUpdate(
-                u.client_id, from_array_record(msg.content["arrays"]), u.num_examples, u.loss
-            )
-            for msg, u in zip(replies, self.updates, strict=True)
-        ]
+        updates = []
+        for msg in replies:
+            u = self._screened[msg.metadata.message_id]
+            arrays = from_array_record(msg.content["arrays"])
+            updates.append(ClientUpdate(u.client_id, arrays, u.num_examples, u.loss))
         mean = {
             name: (
                 ref.astype(np.float64)
@@ -185,7 +194,7 @@ class ClientLevelDP(_SourceEvaluation):
     """Client-level DP phase 1: screen replies, Flower's clipping wrapper, outer step, ε.
 
     The loop calls these hooks; each round's noise multiplier, clipping norm and ε go into the
-    round event (``metrics.jsonl``) through ``source.round_info``.
+    round event (``metrics.jsonl``) through ``round_info``.
     """
 
     def __init__(
@@ -202,6 +211,7 @@ class ClientLevelDP(_SourceEvaluation):
         self.sample_rate = dp_sample_rate(source.cfg, population)
         resumed = resumed or {}
         self.releases = int(resumed.get("dp_releases", 0))
+        self._info: dict[str, object] = {}
         clip = float(resumed.get("dp_clip_norm", dp.client_dp_clip))
         self.wrapper: (
             DifferentialPrivacyServerSideFixedClipping
@@ -246,6 +256,7 @@ class ClientLevelDP(_SourceEvaluation):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._info = {}
         return self.wrapper.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -256,20 +267,18 @@ class ClientLevelDP(_SourceEvaluation):
         for msg, update in screened:
             # Flower clips by array position: put every reply in θ's key order first.
             msg.content["arrays"] = to_array_record({k: update.arrays[k] for k in theta})
-        self.mean.updates = [u for _, u in screened]
+        self.mean.expect(screened)
         clip_used = float(self.wrapper.clipping_norm)  # adaptive C moves inside the call
         noised, metrics = self.wrapper.aggregate_train(server_round, [m for m, _ in screened])
         if noised is None:
             theta = self.source.trainer.theta
-            self.source.trainer.round = server_round
+            self.source.trainer.skip_round(server_round)
         else:
             self.releases += 1
             w_tilde = {k: v.astype(np.float32) for k, v in from_array_record(noised).items()}
             loss = float(np.mean([u.loss for _, u in screened]))
-            theta = self.source.trainer.apply(
-                [ClientUpdate("client-dp-mean", w_tilde, num_examples=1, loss=loss)]
-            )
-        self.source.round_info = {
+            theta = self.source.trainer.apply_mean(w_tilde, loss, "client-dp-mean")
+        self._info = {
             "dp_mode": self.dp.client_dp,
             "dp_noise_multiplier": self.dp.client_dp_noise,
             "dp_update_noise_multiplier": float(self.wrapper.noise_multiplier),
@@ -282,21 +291,19 @@ class ClientLevelDP(_SourceEvaluation):
         }
         return to_array_record(theta), metrics
 
+    def round_info(self) -> dict[str, object]:
+        """This round's noise multiplier, clipping norm, sampling rate, releases and ε."""
+        return dict(self._info)
+
 
 # ==================================================================================== SecAgg+
 def secagg_weights(cfg: Phase1Config, counts: dict[str, int], client_ids: list[str]) -> list[float]:
-    """Each sampled client's aggregation weight, in ``client_ids`` order.
-
-    PPReptile averages uniformly (1 each); ``base`` weights by n_i; ``temperature`` by
-    n_i^(1/T) (SecAgg+ divides by the sum, so unnormalised weights suffice). Example: counts
-    {a: 4, b: 16}, T = 2 -> temperature weights ∝ [2, 4] (scaled to sum 1: [1/3, 2/3]).
+    """Each sampled client's aggregation weight, in ``client_ids`` order: the configured
+    strategy's ``aggregation_weights`` of the clients' n_i (SecAgg+ divides by the sum, so
+    unnormalised weights suffice). Example: counts {a: 4, b: 16}; ppreptile -> [1, 1], base ->
+    [4, 16], temperature with T = 2 -> ∝ [2, 4] (scaled to sum 1: [1/3, 2/3]).
     """
-    n = [float(counts[c]) for c in client_ids]
-    if cfg.strategy == "ppreptile":
-        return [1.0] * len(n)
-    if cfg.strategy == "base":
-        return n
-    return [float(w) for w in temperature_weights(n, cfg.temperature)]
+    return build_strategy(cfg).aggregation_weights([float(counts[c]) for c in client_ids])
 
 
 class _LegacyRound(LegacyStrategy):
@@ -349,6 +356,7 @@ class SecAggPlusTraining(_SourceEvaluation):
         self.timeout = timeout
         self.aggregate: Arrays | None = None
         self.legacy: _LegacyRound | None = None
+        self._info: dict[str, object] = {}
 
     def summary(self) -> None:
         log(
@@ -369,11 +377,12 @@ class SecAggPlusTraining(_SourceEvaluation):
         theta = self.source.trainer.theta
         ids = [str(m.content[CONFIG][CLIENT_ID]) for m in messages]
         weights = secagg_weights(self.source.cfg, self.source.trainer.counts, ids)
+        weight_of = dict(zip(ids, weights, strict=True))  # client id -> its weight
         instructions = []
-        for msg, weight in zip(messages, weights, strict=True):
+        for msg in messages:
             config = dict(msg.content["config"])
             config[SECAGG_NAMES] = json.dumps(names)  # legacy configs hold scalars only
-            config[SECAGG_WEIGHT] = weight
+            config[SECAGG_WEIGHT] = weight_of[str(config[CLIENT_ID])]
             proxy = GridClientProxy(msg.metadata.dst_node_id, grid, 0)
             params = ndarrays_to_parameters([theta[name] for name in names])
             instructions.append((proxy, FitIns(parameters=params, config=config)))
@@ -383,6 +392,7 @@ class SecAggPlusTraining(_SourceEvaluation):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Run the whole SecAgg+ exchange now; the loop gets no message to send itself."""
+        self._info = {}
         instructions, max_weight = self._instructions(server_round, arrays, grid)
         if len(instructions) < 2:
             raise FedpktError(
@@ -426,7 +436,7 @@ class SecAggPlusTraining(_SourceEvaluation):
                 f"than phase1.min_clients={self.source.cfg.min_clients}"
             )
         theta = self.source.trainer.theta
-        names = sorted(theta)
+        names = sorted(theta)  # the legacy vector's order, sent to clients as SECAGG_NAMES
         w_bar = {
             name: (theta[name].astype(np.float64) + delta).astype(theta[name].dtype)
             for name, delta in zip(names, legacy.aggregate, strict=True)
@@ -439,17 +449,19 @@ class SecAggPlusTraining(_SourceEvaluation):
         ]
         for node, m in legacy.results:
             if "epsilon" in m:
-                self.source.epsilons[by_node.get(node, f"node-{node}")] = float(m["epsilon"])
-        new_theta = self.source.trainer.apply(
-            [ClientUpdate("secagg-mean", w_bar, num_examples=1, loss=updates[0].loss)]
-        )
-        self.source.round_info = {
+                self.source.record_epsilon(by_node.get(node, f"node-{node}"), float(m["epsilon"]))
+        new_theta = self.source.trainer.apply_mean(w_bar, updates[0].loss, "secagg-mean")
+        self._info = {
             "secagg": True,
             "secagg_clients": len(legacy.results),
             "secagg_failures": legacy.failures,
         }
         self.legacy = None
         return to_array_record(new_theta), self.source.train_metrics(updates)
+
+    def round_info(self) -> dict[str, object]:
+        """This round's SecAgg+ contributions and failures."""
+        return dict(self._info)
 
 
 # ================================================================================= wiring
@@ -458,8 +470,8 @@ def phase1_hooks(
     cfg: FedpktConfig,
     population: int,
     resumed: dict[str, Any] | None = None,
-) -> Strategy:
-    """The strategy whose hooks phase 1's loop calls: plain, client-level DP, or SecAgg+."""
+) -> Phase1Hooks:
+    """The strategy whose ``start`` runs phase 1: plain, client-level DP, or SecAgg+."""
     if cfg.privacy.secagg:
         return SecAggPlusTraining(source, cfg.privacy, cfg.phase1.client_timeout_s)
     if cfg.dp.client_dp != "off":

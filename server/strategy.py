@@ -1,9 +1,11 @@
-"""Phase 1 as a Flower Message-API strategy: PPReptile, base and temperature, on SourceTrainer.
+"""Phase 1 as a Flower Message-API strategy, on SourceTrainer (any ``fedpkt.strategies`` plug-in).
 
 The four Strategy hooks only translate between Flower messages and ``fedpkt.source``'s
-SourceTrainer (sampling, validation, the outer step). ``start`` is overridden to add what the
-stock loop lacks: a checkpoint after every round, resume, the minimum-successful-clients rule,
-and one ``metrics.jsonl`` line per round.
+SourceTrainer (sampling, validation, the configured strategy's outer step). The round loop,
+``Phase1Hooks.start`` (Flower's signature), lives once and adds what the stock loop lacks: a
+checkpoint after every round, resume, the minimum-successful-clients rule, and one
+``metrics.jsonl`` line per round. The client-level DP and SecAgg+ wrappers
+(``server/secure.py``) are ``Phase1Hooks`` too and run the same loop through their own hooks.
 """
 
 from __future__ import annotations
@@ -80,8 +82,72 @@ def reply_client(sent: dict[str, Message], reply: Message) -> str:
     return f"node-{reply.metadata.src_node_id}"
 
 
-class SourcePrefixStrategy(Strategy):
-    """PPReptile / base / temperature source-prefix training over Part A clients."""
+class Phase1Hooks(Strategy):
+    """A phase-1 strategy whose four hooks end in a ``SourcePrefixStrategy`` (``source``):
+    that strategy itself, or a wrapper around it (client-level DP, SecAgg+).
+
+    ``start`` is the one round loop. It has Flower's signature; what Flower's arguments do not
+    carry comes from ``source``: the rounds already done (``trainer.round``, > 0 on resume),
+    the total ``phase1.rounds`` (``num_rounds`` must equal it: the config is the single
+    source), the checkpoint directory and the round callback. ``train_config``,
+    ``evaluate_config`` and ``evaluate_fn`` must stay None: every client setting travels in the
+    config each message carries, and there is no server-side evaluation.
+    """
+
+    source: SourcePrefixStrategy
+
+    def round_info(self) -> dict[str, object]:
+        """Extra fields for this round's event (``metrics.jsonl``): none unless a wrapper adds."""
+        return {}
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run rounds trainer.round+1..num_rounds, checkpointing after each; ``Result.arrays``
+        is the final θ."""
+        source = self.source
+        if num_rounds != source.cfg.rounds:
+            raise FedpktError(
+                f"num_rounds={num_rounds}; expected phase1.rounds={source.cfg.rounds}"
+            )
+        if train_config or evaluate_config or evaluate_fn is not None:
+            raise FedpktError("phase 1 takes its client settings from the config it sends")
+        self.summary()
+        result = Result()
+        arrays = initial_arrays
+        for server_round in range(source.trainer.round + 1, num_rounds + 1):
+            started = time.perf_counter()
+            replies = grid.send_and_receive(
+                messages=self.configure_train(server_round, arrays, ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            sampled = source.sampled()
+            arrays, train_metrics = self.aggregate_train(server_round, list(replies))
+            if arrays is None:  # a wrapper skipped aggregation: θ stays, the round still counts
+                source.trainer.skip_round(server_round)
+                arrays = to_array_record(source.trainer.theta)
+            replies = grid.send_and_receive(
+                messages=self.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            eval_metrics = self.aggregate_evaluate(server_round, list(replies))
+            result.train_metrics_clientapp[server_round] = train_metrics
+            event = source.round_event(server_round, sampled, eval_metrics, started)
+            event.update(self.round_info())
+            source.finish_round(event)
+        result.arrays = to_array_record(source.trainer.theta)
+        return result
+
+
+class SourcePrefixStrategy(Phase1Hooks):
+    """Source-prefix training over Part A clients with the configured phase-1 strategy."""
 
     def __init__(
         self,
@@ -103,23 +169,31 @@ class SourcePrefixStrategy(Strategy):
         self.failures: list[dict] = []
         self.train_loss = float("nan")
         self.epsilons: dict[str, float] = {}  # DP-SGD: ε of each client's last participation
-        # Extra round-event fields a wrapper fills in (client-level DP: noise, ε; SecAgg+).
-        self.round_info: dict[str, object] = {}
+
+    @property
+    def source(self) -> SourcePrefixStrategy:  # type: ignore[override]
+        return self
 
     def summary(self) -> None:
         log(
             INFO,
-            "\t├── %s, sampling=%s (T=%s), b_out=%d, k=%d, alpha=%g, beta=%g (%s), rounds=%d",
-            self.cfg.strategy,
+            "\t├── %s, sampling=%s (T=%s), b_out=%d, k=%d, alpha=%g, rounds=%d",
+            self.trainer.strategy.describe(),
             self.cfg.sampling,
             self.cfg.temperature,
             self.cfg.clients_per_round,
             self.cfg.inner_steps,
             self.cfg.inner_lr,
-            self.cfg.outer_lr,
-            self.cfg.server_optimizer,
             self.cfg.rounds,
         )
+
+    def sampled(self) -> list[str]:
+        """The clients the last ``configure_train`` / ``configure_evaluate`` addressed."""
+        return list(self._sent)
+
+    def record_epsilon(self, client_id: str, epsilon: float) -> None:
+        """Keep a client's DP-SGD ε of its last participation (the round event's maximum)."""
+        self.epsilons[client_id] = float(epsilon)
 
     def _common(self, server_round: int, client_id: str, phase: str, purpose: str) -> dict:
         return {
@@ -203,7 +277,7 @@ class SourcePrefixStrategy(Strategy):
                 )
                 self.trainer.validate(update)
                 if "epsilon" in metrics:
-                    self.epsilons[cid] = float(metrics["epsilon"])
+                    self.record_epsilon(cid, float(metrics["epsilon"]))
             except (FedpktError, KeyError, ValueError, TypeError) as err:
                 self._fail(server_round, cid, f"rejected reply: {err}")
                 continue
@@ -261,56 +335,34 @@ class SourcePrefixStrategy(Strategy):
             return None
         return MetricRecord({"val-loss": float(np.average(losses, weights=counts))})
 
-    # -- the loop -----------------------------------------------------------------------------
-    def start(  # type: ignore[override]
-        self, grid: Grid, timeout: float, start_round: int = 0, hooks: Strategy | None = None
-    ) -> Arrays:
-        """Run rounds start_round+1..R, checkpointing after each; returns the final θ.
+    # -- the round's record --------------------------------------------------------------------
+    def round_event(
+        self,
+        server_round: int,
+        sampled: list[str],
+        eval_metrics: MetricRecord | None,
+        started: float,
+    ) -> dict:
+        """The round's ``metrics.jsonl`` event (a wrapper's ``round_info`` is added to it)."""
+        failures = list(self.failures)
+        return {
+            "event": "round",
+            "round": server_round,
+            "sampled": sampled,
+            "train_loss": self.train_loss,
+            "val_loss": float(eval_metrics["val-loss"]) if eval_metrics else None,
+            "failures": len(failures),
+            "epsilon_max": max(self.epsilons.values()) if self.epsilons else None,
+            "failure_reasons": failures,
+            "seconds": time.perf_counter() - started,
+        }
 
-        ``hooks`` is the strategy whose four hooks the loop calls: this one, or a wrapper around
-        it (client-level DP, SecAgg+; see ``server/secure.py``) that ends in this strategy.
-        """
-        hooks = hooks or self
-        hooks.summary()
-        result = Result()
-        arrays = to_array_record(self.trainer.theta)
-        for server_round in range(start_round + 1, self.cfg.rounds + 1):
-            started = time.perf_counter()
-            self.round_info = {}
-            replies = grid.send_and_receive(
-                messages=hooks.configure_train(server_round, arrays, ConfigRecord(), grid),
-                timeout=timeout,
-            )
-            sampled = list(self._sent)
-            arrays, train_metrics = hooks.aggregate_train(server_round, list(replies))
-            if arrays is None:  # a wrapper skipped aggregation: θ stays, the round still counts
-                arrays = to_array_record(self.trainer.theta)
-                self.trainer.round = server_round
-            replies = grid.send_and_receive(
-                messages=hooks.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
-                timeout=timeout,
-            )
-            eval_metrics = hooks.aggregate_evaluate(server_round, list(replies))
-            failures = list(self.failures)
-            result.train_metrics_clientapp[server_round] = train_metrics
-            event = {
-                "event": "round",
-                "round": server_round,
-                "sampled": sampled,
-                "train_loss": self.train_loss,
-                "val_loss": float(eval_metrics["val-loss"]) if eval_metrics else None,
-                "failures": len(failures),
-                "epsilon_max": max(self.epsilons.values()) if self.epsilons else None,
-                "failure_reasons": failures,
-                "seconds": time.perf_counter() - started,
-                **self.round_info,
-            }
-            # Checkpoint first: a round is logged only once it can be resumed from.
-            self.trainer.save(self.run.checkpoints, extra={"last_event": event})
-            self.run.log_event(event)
-            if self.on_round is not None:
-                self.on_round(event)
-        return self.trainer.theta
+    def finish_round(self, event: dict) -> None:
+        """Checkpoint first (a round is logged only once it can be resumed from), then log."""
+        self.trainer.save(self.run.checkpoints, extra={"last_event": event})
+        self.run.log_event(event)
+        if self.on_round is not None:
+            self.on_round(event)
 
 
 def _whole(value: object, key: str) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpkt.atomic import atomic_write_json
-from fedpkt.baseline_settings import SETTINGS, Setting, select_settings
+from fedpkt.baseline_settings import ALL_SETTINGS, Setting, select_settings
 from fedpkt.baselines import (
     encode_split,
     evaluate_model,
@@ -203,9 +203,7 @@ def _run_prefix(setting: Setting, cfg: FedpktConfig, cohort: Cohort, emit: Event
     source = None
     phase2 = cfg.phase2.model_copy(update={"init": "random"})
     if setting.strategy is not None:
-        strategy_cfg = cfg.model_copy(
-            update={"phase1": cfg.phase1.model_copy(update={"strategy": setting.strategy})}
-        )
+        strategy_cfg = cfg.model_copy(update={"phase1": cfg.phase1.with_strategy(setting.strategy)})
         source = train_source_centralized(
             strategy_cfg,
             cohort.part_a,
@@ -229,7 +227,7 @@ RUNNERS = {"finetune": _run_finetune, "reptile": _run_reptile, "prefix": _run_pr
 def combined_rows(run: RunDir) -> list[ResultRow]:
     """Rows of every setting sub-directory that holds results, in Table 2 order."""
     rows: list[ResultRow] = []
-    for setting in SETTINGS:
+    for setting in ALL_SETTINGS:
         sub = run.root / setting.key
         if (sub / "results.json").is_file():
             rows += read_results(sub).rows

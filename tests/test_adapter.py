@@ -26,6 +26,7 @@ from fedpkt.model.backbone import Backbone, load_backbone
 from fedpkt.model.export import export_peft_adapter
 from fedpkt.model.generate import first_line, generate_replies, reply_generation_config
 from fedpkt.model.prefix import PersonaPrefix, prefix_shape_for
+from fedpkt.train.loop import LoopSettings
 from fedpkt.train.prefix_training import train_prefix
 
 pytestmark = pytest.mark.e2e
@@ -63,11 +64,7 @@ def trained(backbone, tmp_path_factory):
         prefix,
         encoded["train"],
         encoded["valid"],
-        lr=1e-2,
-        batch_size=4,
-        max_epochs=4,
-        patience=4,
-        seed=0,
+        LoopSettings(lr=1e-2, batch_size=4, max_epochs=4, patience=4, seed=0),
     )
     folded = prefix.fold()
     adapter = export_peft_adapter(

@@ -50,18 +50,7 @@ def test_cohort_trainer_matches_train_prefix_per_persona() -> None:
     early = 0
     for job, spec in zip(jobs, specs, strict=True):
         alone = _job(model, *spec)
-        s = alone.settings
-        expected = train_prefix(
-            model,
-            alone.prefix,
-            alone.train,
-            alone.valid,
-            lr=s.lr,
-            batch_size=s.batch_size,
-            max_epochs=s.max_epochs,
-            patience=s.patience,
-            seed=s.seed,
-        )
+        expected = train_prefix(model, alone.prefix, alone.train, alone.valid, alone.settings)
         got = outcomes[job.key].result
         assert got is not None, outcomes[job.key].error
         assert (got.steps, got.best_epoch, got.stopped_early) == (

@@ -43,7 +43,7 @@ def test_presets_load_and_round_trip() -> None:
         assert load_config_text(config_to_toml(cfg)) == cfg
     paper = load_config("paper")
     assert (paper.backbone.name, paper.prefix.projection_hidden) == ("gpt2-medium", 512)
-    assert (paper.phase1.inner_lr, paper.phase1.outer_lr) == (1e-4, 3e-5)
+    assert (paper.phase1.inner_lr, paper.phase1.strategy.outer_lr) == (1e-4, 3e-5)
     assert (paper.phase1.inner_batch_size, paper.phase1.clients_per_round) == (2, 4)
     assert (paper.phase1.temperature, paper.generation.num_beams) == (10.0, 5)
     assert (PRESET_DIR / "embedded.toml").is_file()
@@ -53,7 +53,10 @@ BAD_OVERRIDES = [
     (["phase1.inner_lr=-0.1"], "phase1.inner_lr"),
     (["phase1.temperature=0"], "phase1.temperature"),
     (["phase1.rounds=0"], "phase1.rounds"),
-    (["phase1.strategy='fedprox'"], "phase1.strategy"),
+    (["phase1.strategy='fedsgd'"], "phase1.strategy"),
+    (["phase1.strategy='base'", "phase1.outer_lr=0.1"], "phase1.outer_lr does nothing"),
+    (["phase1.strategy.outer_lr=0.1", "phase1.strategy.name='base'"], "outer_lr does nothing"),
+    (["phase1.strategy='fedprox'", "phase1.mu=-1.0"], "phase1.strategy.mu"),
     (["phase1.nonsense=1"], "phase1.nonsense"),
     (["bogus.key=1"], "bogus"),
     (["phase1.rounds='many'"], "phase1.rounds"),

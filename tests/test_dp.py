@@ -18,7 +18,7 @@ from fedpkt.train.dp import (
     private,
     train_prefix_dp,
 )
-from fedpkt.train.loop import optimizer_step, response_loss, sgd
+from fedpkt.train.loop import LoopSettings, optimizer_step, response_loss, sgd
 from fedpkt.train.prefix_training import train_prefix
 from tests.training_fixtures import examples, parameters_of, tiny_model, tiny_prefix
 
@@ -142,9 +142,8 @@ def test_epsilon_after_the_planned_steps_is_at_most_and_close_to_the_target() ->
     model = tiny_model()
     prefix = tiny_prefix(model, seed=1)
     dp = DPConfig(enabled=True, epsilon=4.0, delta=1e-5, max_grad_norm=1.0)
-    out = train_prefix_dp(
-        model, prefix, examples(), [], dp, lr=1e-2, batch_size=2, max_epochs=2, patience=1
-    )
+    settings = LoopSettings(lr=1e-2, batch_size=2, max_epochs=2, patience=1)
+    out = train_prefix_dp(model, prefix, examples(), [], dp, settings)
     assert out.result.steps == out.plan.steps == 6
     assert 4.0 - 0.05 <= out.epsilon <= 4.0
 
@@ -161,10 +160,7 @@ def test_early_stopping_spends_less_than_the_target() -> None:
         examples(),
         examples()[:2],
         dp,
-        lr=5.0,
-        batch_size=2,
-        max_epochs=5,
-        patience=1,
+        LoopSettings(lr=5.0, batch_size=2, max_epochs=5, patience=1),
     )
     assert out.result.steps < out.plan.steps
     assert 0.0 < out.epsilon < 4.0 - 0.05
@@ -204,10 +200,8 @@ def test_a_closed_session_leaves_non_dp_training_unchanged() -> None:
     )
     fresh = tiny_prefix(model, seed=1)
     fresh.load_state_dict(used.state_dict())
-    runs = [
-        train_prefix(model, p, examples(), [], lr=1e-2, batch_size=2, max_epochs=1, patience=1)
-        for p in (used, fresh)
-    ]
+    settings = LoopSettings(lr=1e-2, batch_size=2, max_epochs=1, patience=1)
+    runs = [train_prefix(model, p, examples(), [], settings) for p in (used, fresh)]
     assert runs[0].train_losses == runs[1].train_losses
     for name, value in parameters_of(used).items():
         torch.testing.assert_close(value, parameters_of(fresh)[name])

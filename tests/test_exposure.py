@@ -24,6 +24,7 @@ from fedpkt.privacy.exposure import (
     space_size,
     split_secret,
 )
+from fedpkt.train.loop import LoopSettings
 from fedpkt.train.prefix_training import train_prefix
 from tests.training_fixtures import LINES, tiny_model, tiny_prefix, tiny_tokenizer
 
@@ -47,7 +48,8 @@ def memorised():
         for q, a in LINES[:2]
     ]
     prefix = tiny_prefix(model, seed=1)
-    train_prefix(model, prefix, train, [], lr=3e-2, batch_size=2, max_epochs=150, patience=1)
+    settings = LoopSettings(lr=3e-2, batch_size=2, max_epochs=150, patience=1)
+    train_prefix(model, prefix, train, [], settings)
     return (model, tokenizer), prefix
 
 

@@ -22,7 +22,7 @@ from fedpkt.data.partition import load_client, prepare_partitions
 from fedpkt.data.schema import ClientData, Split
 from fedpkt.model.backbone import Backbone, load_backbone
 from fedpkt.model.prefix import PersonaPrefix, prefix_shape_for
-from fedpkt.train.loop import evaluate_loss
+from fedpkt.train.loop import LoopSettings, evaluate_loss
 from fedpkt.train.prefix_training import train_prefix
 
 pytestmark = pytest.mark.e2e
@@ -70,11 +70,13 @@ def test_a_random_init_prefix_learns_one_part_b_persona(backbone, clients):
         prefix,
         encoded(backbone, persona, "train"),
         encoded(backbone, persona, "valid"),
-        lr=phase2.lr,
-        batch_size=phase2.batch_size,
-        max_epochs=phase2.max_epochs,
-        patience=phase2.patience,
-        seed=CFG.seed,
+        LoopSettings(
+            lr=phase2.lr,
+            batch_size=phase2.batch_size,
+            max_epochs=phase2.max_epochs,
+            patience=phase2.patience,
+            seed=CFG.seed,
+        ),
     )
     assert result.best_epoch >= 1
     assert result.best_valid_loss < result.initial_valid_loss - 0.05
@@ -93,11 +95,7 @@ def test_a_source_prefix_trained_on_part_a_transfers_to_part_b(backbone, clients
         source,
         pooled_train,
         pooled_valid,
-        lr=1e-2,
-        batch_size=8,
-        max_epochs=5,
-        patience=2,
-        seed=CFG.seed,
+        LoopSettings(lr=1e-2, batch_size=8, max_epochs=5, patience=2, seed=CFG.seed),
     )
     untrained = random_prefix(backbone)
     tests = [encoded(backbone, c, "test") for c in clients["B"]]

@@ -97,7 +97,7 @@ def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _dp_round(
     tmp_path: Path, replies_w: dict[str, list[float]], resumed: dict | None = None
-) -> tuple[SourcePrefixStrategy, np.ndarray]:
+) -> tuple[ClientLevelDP, np.ndarray]:
     """One DP round without Flower's runtime: hooks called directly; z is negligible (1e-6)."""
     cfg = tiny_config(
         phase1__server_optimizer="sgd",
@@ -125,7 +125,7 @@ def _dp_round(
         replies.append(Message(content, reply_to=msg))
     arrays, _ = hooks.aggregate_train(1, replies)
     assert arrays is not None
-    return source, arrays["w"].numpy()
+    return hooks, arrays["w"].numpy()
 
 
 @pytest.mark.usefixtures("server_identity")
@@ -146,9 +146,9 @@ def test_dp_mean_divides_by_the_sampled_count_when_a_client_drops(tmp_path: Path
 
 
 @pytest.mark.usefixtures("server_identity")
-def test_dp_round_reports_noise_and_epsilon_in_the_round_info(tmp_path: Path) -> None:
-    source, _ = _dp_round(tmp_path, {"a": [3, 4], "b": [0.3, 0.4], "c": [0, -0.5]})
-    info = source.round_info
+def test_dp_round_reports_noise_and_epsilon_in_its_round_info(tmp_path: Path) -> None:
+    hooks, _ = _dp_round(tmp_path, {"a": [3, 4], "b": [0.3, 0.4], "c": [0, -0.5]})
+    info = hooks.round_info()
     assert info["dp_noise_multiplier"] == 1e-6
     assert info["dp_clip_norm"] == 1.0
     assert info["dp_releases"] == 1
@@ -158,9 +158,9 @@ def test_dp_round_reports_noise_and_epsilon_in_the_round_info(tmp_path: Path) ->
 @pytest.mark.usefixtures("server_identity")
 def test_resumed_dp_run_keeps_counting_releases(tmp_path: Path) -> None:
     """Resumed after 2 released rounds, one more round makes 3 (ε of 3 rounds)."""
-    source, _ = _dp_round(tmp_path, {"a": [0.1, 0], "b": [0, 0.1]}, resumed={"dp_releases": 2})
-    assert source.round_info["dp_releases"] == 3
-    assert source.round_info["dp_epsilon"] == client_dp_epsilon(1e-6, 1.0, 3, DELTA)
+    hooks, _ = _dp_round(tmp_path, {"a": [0.1, 0], "b": [0, 0.1]}, resumed={"dp_releases": 2})
+    assert hooks.round_info()["dp_releases"] == 3
+    assert hooks.round_info()["dp_epsilon"] == client_dp_epsilon(1e-6, 1.0, 3, DELTA)
 
 
 def test_client_dp_report_section_shows_the_last_epsilon() -> None:
@@ -195,6 +195,8 @@ def test_secagg_weights_follow_the_strategy() -> None:
     assert secagg_weights(ppreptile, counts, ["a", "b"]) == [1.0, 1.0]
     assert secagg_weights(base, counts, ["a", "b"]) == [4.0, 16.0]
     np.testing.assert_allclose(secagg_weights(temperature, counts, ["a", "b"]), [1 / 3, 2 / 3])
+    fedprox = tiny_config(phase1__strategy="fedprox").phase1
+    assert secagg_weights(fedprox, counts, ["a", "b"]) == [4.0, 16.0]
 
 
 # ========================================================================= Flower runs (e2e)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ from fedpkt.train.loop import (
 from fedpkt.train.prefix_training import train_prefix
 from tests.training_fixtures import examples, parameters_of, tiny_model, tiny_prefix
 
-PREFIX_HPARAMS = dict(lr=5e-2, batch_size=2, max_epochs=4, patience=2, seed=0)
+PREFIX_SETTINGS = LoopSettings(lr=5e-2, batch_size=2, max_epochs=4, patience=2, seed=0)
 
 
 class Scalar(nn.Module):
@@ -56,7 +57,7 @@ def test_prefix_training_lowers_the_validation_loss():
     prefix = tiny_prefix(model, init_std=1.0)
     data = examples()
     before = evaluate_loss(model, prefix, data, batch_size=4)
-    result = train_prefix(model, prefix, data, data, **PREFIX_HPARAMS)
+    result = train_prefix(model, prefix, data, data, PREFIX_SETTINGS)
     after = evaluate_loss(model, prefix, data, batch_size=4)
     assert after < before - 0.1
     assert result.best_valid_loss == pytest.approx(after, rel=1e-5)
@@ -67,7 +68,7 @@ def test_prefix_training_changes_only_the_prefix():
     frozen = parameters_of(model)
     prefix = tiny_prefix(model)
     start = parameters_of(prefix)
-    train_prefix(model, prefix, examples(), examples(), **PREFIX_HPARAMS)
+    train_prefix(model, prefix, examples(), examples(), PREFIX_SETTINGS)
     assert all(torch.equal(frozen[k], v) for k, v in parameters_of(model).items())
     assert any(not torch.equal(start[k], v) for k, v in parameters_of(prefix).items())
 
@@ -77,7 +78,7 @@ def test_same_seed_gives_identical_parameters():
     runs = []
     for _ in range(2):
         prefix = tiny_prefix(model, seed=7)
-        train_prefix(model, prefix, examples(), examples()[:2], **PREFIX_HPARAMS)
+        train_prefix(model, prefix, examples(), examples()[:2], PREFIX_SETTINGS)
         runs.append(parameters_of(prefix))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
@@ -88,8 +89,8 @@ def test_a_different_seed_shuffles_differently():
     runs = []
     for seed in (0, 1):
         prefix = tiny_prefix(model, seed=7)
-        hparams = {**PREFIX_HPARAMS, "seed": seed, "max_epochs": 1}
-        train_prefix(model, prefix, examples(), [], **hparams)
+        settings = replace(PREFIX_SETTINGS, seed=seed, max_epochs=1)
+        train_prefix(model, prefix, examples(), [], settings)
         runs.append(parameters_of(prefix))
     assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
@@ -162,7 +163,7 @@ def test_nan_loss_stops_with_a_one_line_error():
     with torch.no_grad():
         prefix.encoder.embedding.weight.fill_(math.nan)
     with pytest.raises(FedpktError, match=r"^training loss is nan at epoch 1 step 1; expected"):
-        train_prefix(model, prefix, examples(), [], **PREFIX_HPARAMS)
+        train_prefix(model, prefix, examples(), [], PREFIX_SETTINGS)
 
 
 def test_invalid_settings_are_one_line_errors():
@@ -209,7 +210,8 @@ def test_finetune_trains_a_copy_and_leaves_the_backbone_frozen():
     model = trainable_copy(backbone)
     data = examples()
     before = evaluate_loss(model, None, data)
-    result = finetune(model, None, data, data, lr=1e-2, batch_size=3, max_epochs=3, patience=1)
+    settings = LoopSettings(lr=1e-2, batch_size=3, max_epochs=3, patience=1)
+    result = finetune(model, None, data, data, settings)
     assert evaluate_loss(model, None, data) < before - 0.1
     assert result.best_epoch == 3
     assert not model.training

@@ -257,14 +257,8 @@ def train_prefix_dp(
     train: Sequence[EncodedExample],
     valid: Sequence[EncodedExample],
     dp: DPConfig,
+    settings: LoopSettings,
     *,
-    lr: float,
-    batch_size: int,
-    max_epochs: int,
-    patience: int,
-    warmup_ratio: float = 0.0,
-    weight_decay: float = 0.0,
-    seed: int = 0,
     progress: ProgressFn | None = None,
     optimizer_factory: OptimizerFactory = adamw,
 ) -> DPTrainResult:
@@ -272,22 +266,15 @@ def train_prefix_dp(
     best state restored), with the per-example loss, no global clip and a ``DPOptimizer``.
 
     σ is calibrated for all ``max_epochs · ceil(N / B)`` steps; ε is what the steps actually run
-    spent. On return ``prefix`` (unwrapped, hooks removed) is in eval mode.
+    spent. ``settings.max_grad_norm`` is not used: DP clips per example, and a second, global
+    clip would be wrong. On return ``prefix`` (unwrapped, hooks removed) is in eval mode.
     """
     model, tokenizer = backbone_parts(backbone)
-    settings = LoopSettings(
-        lr=lr,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        patience=patience,
-        warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay,
-        max_grad_norm=None,  # DP clips per example; a second, global clip would be wrong
-        seed=seed,
-    )
-    steps = max_epochs * math.ceil(max(len(train), 1) / batch_size)
+    settings = settings.unclipped()
+    batch_size = settings.batch_size
+    steps = settings.max_epochs * math.ceil(max(len(train), 1) / batch_size)
     plan = plan_dp(dp, num_examples=len(train), batch_size=batch_size, steps=steps)
-    with private(prefix, plan, seed=seed) as session:
+    with private(prefix, plan, seed=settings.seed) as session:
         wrapped = session.module
         method = method_of(prefix)
 

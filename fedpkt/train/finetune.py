@@ -40,15 +40,8 @@ def finetune(
     tokenizer: object | None,
     train: Sequence[EncodedExample],
     valid: Sequence[EncodedExample],
+    settings: LoopSettings,
     *,
-    lr: float,
-    batch_size: int,
-    max_epochs: int,
-    patience: int,
-    warmup_ratio: float = 0.0,
-    weight_decay: float = 0.0,
-    max_grad_norm: float | None = 1.0,
-    seed: int = 0,
     progress: ProgressFn | None = None,
     optimizer_factory: OptimizerFactory = adamw,
 ) -> TrainResult:
@@ -58,16 +51,6 @@ def finetune(
     model config's). Dropout is on during the updates; on return the model is in eval mode and
     holds its best-validation state (see ``fedpkt.train.loop.train_loop``).
     """
-    settings = LoopSettings(
-        lr=lr,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        patience=patience,
-        warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        seed=seed,
-    )
     return fit(
         model,
         None,

@@ -25,8 +25,8 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ from transformers import get_linear_schedule_with_warmup
 from fedpkt.data.encoding import IGNORE_INDEX, EncodedExample, collate, pad_token_id
 from fedpkt.errors import FedpktError
 from fedpkt.peft import PeftMethod, method_of, peft_forward
+
+if TYPE_CHECKING:
+    from fedpkt.config import Phase2Config
 
 Batch = dict[str, Tensor]
 StatesFn = Callable[[int], Tensor]
@@ -157,7 +160,10 @@ def sgd(params: list[nn.Parameter], *, lr: float, weight_decay: float) -> torch.
 class LoopSettings:
     """Hyper-parameters of ``train_loop`` (validated on construction, one-line errors).
 
-    ``max_grad_norm=None`` disables global clipping (for DP-SGD, which clips per sample).
+    What ``train_prefix``, ``finetune`` and ``train_prefix_dp`` take. A run's settings come
+    from its ``[phase2]`` section through ``for_phase2`` (the one mapping); the defaults here
+    serve tests and benchmarks. ``max_grad_norm=None`` disables global clipping (for DP-SGD,
+    which clips per sample).
     """
 
     lr: float
@@ -188,6 +194,27 @@ class LoopSettings:
             raise FedpktError(f"weight_decay is {self.weight_decay!r}; expected >= 0")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise FedpktError(f"max_grad_norm is {self.max_grad_norm!r}; expected > 0 or None")
+
+    @classmethod
+    def for_phase2(
+        cls, phase2: Phase2Config, seed: int, *, lr: float | None = None
+    ) -> LoopSettings:
+        """Phase 2's schedule for one persona (``lr``: another learning rate, e.g. the full
+        fine-tuning baselines' ``phase2.finetune_lr``)."""
+        return cls(
+            lr=phase2.lr if lr is None else lr,
+            batch_size=phase2.batch_size,
+            max_epochs=phase2.max_epochs,
+            patience=phase2.patience,
+            warmup_ratio=phase2.warmup_ratio,
+            weight_decay=phase2.weight_decay,
+            max_grad_norm=phase2.max_grad_norm,
+            seed=seed,
+        )
+
+    def unclipped(self) -> LoopSettings:
+        """The same settings without the global gradient clip (DP-SGD clips per example)."""
+        return replace(self, max_grad_norm=None)
 
 
 # --- one update, shared by every loop ------------------------------------------------------------

@@ -37,15 +37,8 @@ def train_prefix(
     prefix: nn.Module,
     train: Sequence[EncodedExample],
     valid: Sequence[EncodedExample],
+    settings: LoopSettings,
     *,
-    lr: float,
-    batch_size: int,
-    max_epochs: int,
-    patience: int,
-    warmup_ratio: float = 0.0,
-    weight_decay: float = 0.0,
-    max_grad_norm: float | None = 1.0,
-    seed: int = 0,
     progress: ProgressFn | None = None,
     optimizer_factory: OptimizerFactory = adamw,
 ) -> TrainResult:
@@ -53,21 +46,11 @@ def train_prefix(
 
     ``prefix`` is a ``PersonaPrefix``, or any module mapping a batch size to states
     (batch, m, width) (e.g. an opacus ``GradSampleModule`` around one, with a DP
-    ``optimizer_factory`` and ``max_grad_norm=None``). Loss: token-mean cross-entropy on the
+    ``optimizer_factory`` and ``settings.unclipped()``). Loss: token-mean cross-entropy on the
     response tokens. On return ``prefix`` is in eval mode and holds its best-validation state
     (the initial one if no epoch improved on it); with an empty ``valid`` all ``max_epochs`` run.
     """
     model, tokenizer = backbone_parts(backbone)
-    settings = LoopSettings(
-        lr=lr,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        patience=patience,
-        warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        seed=seed,
-    )
     return fit(
         model,
         prefix,
