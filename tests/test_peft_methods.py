@@ -169,7 +169,7 @@ def test_prompt_training_lowers_the_validation_loss() -> None:
     data = examples()
     before = evaluate_loss(model, prompt, data)
     result = train_prefix(
-        model, prompt, data, data, lr=0.05, batch_size=2, max_epochs=3, patience=3, seed=0
+        model, prompt, data, data, LoopSettings(lr=0.05, batch_size=2, max_epochs=3, patience=3)
     )
     assert result.best_epoch >= 1
     assert evaluate_loss(model, prompt, data) < before
@@ -191,17 +191,7 @@ def test_the_cohort_trainer_trains_prompts_as_train_prefix_does_alone() -> None:
     outcomes = train_cohort(model, jobs, cohort_size=2, pad_id=pad_token_id(tiny_tokenizer()))
     for i, job in enumerate(jobs):
         alone = build(PROMPT, model, seed=i).double()
-        expected = train_prefix(
-            model,
-            alone,
-            job.train,
-            job.valid,
-            lr=5e-2,
-            batch_size=2,
-            max_epochs=2,
-            patience=2,
-            seed=i,
-        )
+        expected = train_prefix(model, alone, job.train, job.valid, job.settings)
         got = outcomes[job.key].result
         assert got is not None, outcomes[job.key].error
         assert got.train_losses == pytest.approx(expected.train_losses, rel=1e-10)
@@ -238,7 +228,7 @@ def test_dp_sgd_trains_a_prompt_in_phase_1_and_phase_2() -> None:
     assert not torch.equal(parameters_of(prompt)["encoder.embedding.weight"], before)
     private = train_prefix_dp(
         model, prompt, examples(), examples()[:2], DPConfig(enabled=True, epsilon=8.0),
-        lr=0.05, batch_size=2, max_epochs=1, patience=1, seed=0,
+        LoopSettings(lr=0.05, batch_size=2, max_epochs=1, patience=1, max_grad_norm=None),
     )  # fmt: skip
     assert 0.0 < private.epsilon <= 8.0 and private.result.steps >= 1
 
