@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -17,6 +18,32 @@ from cli.common import (
     stops_cleanly,
 )
 from fedpkt.strategies import STRATEGIES
+
+
+def compare_hint(root: Path, init: str) -> str:
+    """The commands that set a finished run beside its twin of the other phase-2 init and the
+    centralized Table 2 baselines, on the same data and seeds (the run's own ``config.toml``).
+
+    >>> print(compare_hint(Path("runs/a"), "source"))  # doctest: +NORMALIZE_WHITESPACE
+    compare with its random-init twin and the centralized baselines (same data, same seeds):
+      fedpkt simulate --config runs/a/config.toml --init random --run-dir runs/a-random
+      fedpkt baselines --config runs/a/config.toml --run-dir runs/a-baselines
+      fedpkt compare runs/a runs/a-random runs/a-baselines --out runs/a-compare
+    """
+    other = "random" if init == "source" else "source"
+    base = str(root)
+    twin, baselines = f"{base}-{other}", f"{base}-baselines"
+    config = shlex.quote(f"{base}/config.toml")
+    return "\n".join(
+        [
+            f"compare with its {other}-init twin and the centralized baselines "
+            "(same data, same seeds):",
+            f"  fedpkt simulate --config {config} --init {other} --run-dir {shlex.quote(twin)}",
+            f"  fedpkt baselines --config {config} --run-dir {shlex.quote(baselines)}",
+            f"  fedpkt compare {shlex.quote(base)} {shlex.quote(twin)} {shlex.quote(baselines)}"
+            f" --out {shlex.quote(base + '-compare')}",
+        ]
+    )
 
 
 @exits_cleanly
@@ -86,3 +113,4 @@ def simulate_command(
         if (run.root / "results.json").is_file():
             console.print(results_table(run.root))
             console.print(f"report: {run.root / 'report.md'}")
+            console.print(compare_hint(run.root, cfg.phase2.init), highlight=False, soft_wrap=True)
