@@ -93,13 +93,7 @@ def main() -> None:
     cfg = load_config("embedded")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        prepare_partitions(
-            root / "data",
-            source=cfg.data.source,
-            scale=cfg.data.scale,
-            seed=cfg.seed,
-            canaries=cfg.data.canaries,
-        )
+        prepare_partitions(root / "data", cfg.data, cfg.seed)
         client = next(
             e["client_id"] for e in load_manifest(root / "data")["clients"] if e["part"] == "A"
         )

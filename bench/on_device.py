@@ -98,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = load_config(args.config)
         data_root = Path(tmp) / "data"
-        prepare_partitions(data_root, source=base.data.source, scale=base.data.scale)
+        prepare_partitions(data_root, base.data.model_copy(update={"canaries": 0}), 0)
         for device in args.devices.split(","):
             for dtype in args.dtypes.split(","):
                 values = {"backbone.device": device, "backbone.dtype": dtype}

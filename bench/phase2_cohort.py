@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fedpkt.config import load_config
+from fedpkt.config import DataConfig, load_config
 from fedpkt.data.encoding import render_history
 from fedpkt.data.partition import load_client, load_manifest, prepare_partitions
 from fedpkt.eval.consistency import make_scorer
@@ -111,7 +111,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
-        prepare_partitions(root, scale="paper", seed=cfg.seed)
+        prepare_partitions(root, DataConfig(scale="paper"), cfg.seed)
         ids = [e["client_id"] for e in load_manifest(root)["clients"] if e["part"] != "A"]
         # Interleave B and C as a node's round-robin share would (every 4th client of B + C).
         ids = ids[::4]

@@ -79,6 +79,28 @@ def _check_source(source: str, scale: str, path: str, variant: str) -> None:
         raise FedpktError("--source personachat needs --path (a file, directory or dataset id)")
 
 
+def _data_config(
+    source: str,
+    scale: str,
+    path: str,
+    variant: str,
+    revision: str,
+    data_dir: str,
+    few_shot_threshold: int,
+) -> DataConfig:
+    """The ``[data]`` section the flags stand for (checked by ``_check_source`` and
+    ``_check_numbers`` first, so that errors name the flags)."""
+    return DataConfig(
+        source=source,
+        scale=scale,
+        path=path,
+        personachat_variant=variant,
+        revision=revision,
+        data_dir=data_dir,
+        few_shot_threshold=few_shot_threshold,
+    )
+
+
 def _part_b(source: str, scale: str, part_b: float | None) -> float:
     if part_b is None:
         return default_part_b(source, scale, _DEFAULTS.part_b_fraction)
@@ -145,19 +167,10 @@ def prepare(
     """Split the data and write one folder per client plus manifest.json under --out."""
     _check_source(source, scale, path, variant)
     _check_numbers(seed, few_shot_threshold, canaries)
+    data = _data_config(source, scale, path, variant, revision, data_dir, few_shot_threshold)
+    data = data.model_copy(update={"canaries": canaries})
     split = prepare_partitions(
-        out,
-        source=source,
-        scale=scale,
-        path=path,
-        seed=seed,
-        canaries=canaries,
-        few_shot_threshold=few_shot_threshold,
-        part_b=_part_b(source, scale, part_b),
-        overwrite=overwrite,
-        variant=variant,
-        revision=revision,
-        data_dir=data_dir,
+        out, data, seed, part_b=_part_b(source, scale, part_b), overwrite=overwrite
     )
     _print_table(split, _title(source, scale, path, seed, variant))
     console.print(f"wrote {len(split.clients)} client folders and manifest.json to {out}")
@@ -179,6 +192,7 @@ def stats(
     """Print the paper's Table 1 layout (personas and train/valid/test dialogues per part)."""
     _check_source(source, scale, path, variant)
     _check_numbers(seed, few_shot_threshold)
-    corpus = load_corpus(source, scale, path, seed, variant, revision, data_dir)
+    data = _data_config(source, scale, path, variant, revision, data_dir, few_shot_threshold)
+    corpus = load_corpus(data, seed)
     split = split_corpus(corpus, seed, few_shot_threshold, _part_b(source, scale, part_b))
     _print_table(split, _title(source, scale, path, seed, variant))

@@ -95,20 +95,7 @@ def ensure_partitions(cfg: FedpktConfig, run: RunDir) -> Path:
         raise FedpktError(
             f"data.prepared_dir '{root}' has no manifest.json; run `fedpkt data prepare` first"
         )
-    prepare_partitions(
-        source=cfg.data.source,
-        scale=cfg.data.scale,
-        path=cfg.data.path or None,
-        seed=cfg.seed,
-        canaries=cfg.data.canaries,
-        few_shot_threshold=cfg.data.few_shot_threshold,
-        # Synthetic scales fix their Part B size; real PERSONA-CHAT uses the configured share.
-        part_b=cfg.data.part_b_fraction if cfg.data.source == "personachat" else None,
-        variant=cfg.data.personachat_variant,
-        revision=cfg.data.revision,
-        data_dir=cfg.data.data_dir,
-        out=root,
-    )
+    prepare_partitions(root, cfg.data, cfg.seed)
     return root
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedpkt.config import FedpktConfig
+from fedpkt.config import DataConfig, FedpktConfig
 from fedpkt.data.encoding import encode_examples, render_history
 from fedpkt.data.examples import examples_from_dialogues
 from fedpkt.data.partition import load_client, prepare_partitions
@@ -47,7 +47,7 @@ def trained(backbone, tmp_path_factory):
     """(folded prefix, adapter directory, prompts): one Part A persona of the tiny corpus,
     4 epochs at lr 1e-2 on its training split; prompts from all its dialogues' histories."""
     root = tmp_path_factory.mktemp("prepared") / "data"
-    split = prepare_partitions(root, source="synthetic", scale="tiny", seed=0)
+    split = prepare_partitions(root, DataConfig(scale="tiny"), 0)
     client = load_client(root, split.part("A")[0].meta["client_id"])
     data = {
         name: examples_from_dialogues(client.splits[name], CFG.data.history_turns)

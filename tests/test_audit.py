@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cli.main import app as cli_app
 from clients.egress import describe_content
-from fedpkt.config import FedpktConfig
+from fedpkt.config import DataConfig, FedpktConfig
 from fedpkt.data.encoding import encode_examples
 from fedpkt.data.examples import examples_from_dialogues
 from fedpkt.data.partition import load_client, prepare_partitions
@@ -66,7 +66,7 @@ NODES = {"A-0000": 11, "A-0001": 12, "B-0000": 13}
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Prepared tiny partitions (shared), the run config pointing at them, tokenizer, θ_0."""
     root = tmp_path_factory.mktemp("audit-data") / "data"
-    prepare_partitions(root, source="synthetic", scale="tiny", seed=0, canaries=2)
+    prepare_partitions(root, DataConfig(scale="tiny", canaries=2), 0)
     cfg = tiny_config(data__canaries=2, data__prepared_dir=str(root))
     model_config = load_model_config(cfg)
     theta, _ = initial_theta(cfg, model_config)
@@ -766,7 +766,7 @@ def test_id_windows_of_several_sequences() -> None:
 def test_index_of_other_data_is_refused(world: dict[str, Any], tmp_path: Path) -> None:
     cfg = tiny_config(data__canaries=2)
     other = create_run_dir(cfg, tmp_path / "other")
-    prepare_partitions(other.data, source="synthetic", scale="tiny", seed=0, canaries=2)
+    prepare_partitions(other.data, DataConfig(scale="tiny", canaries=2), 0)
     EgressLog(other).handshake("A-0000", "A", _manifest_count(world, "A-0000"))
     with pytest.raises(FedpktError, match="audit index covers"):
         audit_run(other.root, index=world["index"], model_config=world["model_config"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedpkt.config import DataConfig
 from fedpkt.data.encoding import pad_token_id
 from fedpkt.data.partition import load_client, prepare_partitions
 from fedpkt.eval.consistency import make_scorer
@@ -79,7 +80,7 @@ def float64_clients(tmp_path_factory: pytest.TempPathFactory) -> list[LocalClien
     """Few-shot (1 training dialogue) and regular (14-15) personas of the default synthetic
     corpus on a float64 copy of the tiny embedded backbone."""
     root = Path(tmp_path_factory.mktemp("cohort")) / "data"
-    prepare_partitions(root, scale="default", seed=0)
+    prepare_partitions(root, DataConfig(scale="default"), 0)
     cfg = tiny_config(data__scale="default", phase2__max_epochs=4, generation__max_new_tokens=10)
     shared = load_backbone("embedded", embedded_size="tiny")
     backbone = dataclasses.replace(shared, model=copy.deepcopy(shared.model).double())

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedpkt.config import FedpktConfig
+from fedpkt.config import DataConfig, FedpktConfig
 from fedpkt.data.partition import load_client, load_manifest, prepare_partitions
 from fedpkt.eval.consistency import OracleScorer
 from fedpkt.local import LocalClient, new_prefix
@@ -38,7 +38,7 @@ CFG = FedpktConfig()
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gpu") / "data"
-    prepare_partitions(root, source="synthetic", scale="tiny", seed=CFG.seed)
+    prepare_partitions(root, DataConfig(scale="tiny"), CFG.seed)
     return root
 
 

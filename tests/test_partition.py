@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from fedpkt.config import DataConfig
 from fedpkt.data.partition import client_dir, load_client, load_manifest, prepare_partitions
 from fedpkt.errors import FedpktError
 
@@ -14,7 +15,7 @@ from fedpkt.errors import FedpktError
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "data"
-    split = prepare_partitions(out, source="synthetic", scale="tiny", seed=7, canaries=2)
+    split = prepare_partitions(out, DataConfig(scale="tiny", canaries=2), 7)
     return out, split
 
 
@@ -89,7 +90,7 @@ def test_canaries_are_unique_recorded_only_in_part_a_and_planted_in_training_rep
 
 def test_a_modified_file_fails_the_digest_check(tmp_path):
     out = tmp_path / "data"
-    prepare_partitions(out, scale="tiny", seed=1)
+    prepare_partitions(out, DataConfig(scale="tiny"), 1)
     train = out / "clients" / "A-0001" / "train.jsonl"
     train.write_text(train.read_text().replace("i ", "u ", 1))
     with pytest.raises(FedpktError, match=r"client A-0001 file train.jsonl has sha256"):
@@ -98,7 +99,7 @@ def test_a_modified_file_fails_the_digest_check(tmp_path):
 
 def test_a_missing_file_or_malformed_meta_is_a_one_line_error(tmp_path):
     out = tmp_path / "data"
-    prepare_partitions(out, scale="tiny", seed=1)
+    prepare_partitions(out, DataConfig(scale="tiny"), 1)
     (out / "clients" / "A-0002" / "valid.jsonl").unlink()
     with pytest.raises(FedpktError, match=r"file valid\.jsonl is missing"):
         load_client(out, "A-0002")
@@ -123,33 +124,33 @@ def test_missing_manifest_is_a_one_line_error(tmp_path):
 def test_a_failing_prepare_leaves_nothing_behind(tmp_path):
     """Too many canaries fails after the split: no output dir and no temp dir remain."""
     with pytest.raises(FedpktError, match="canaries=1000 exceeds"):
-        prepare_partitions(tmp_path / "data", scale="tiny", canaries=1000)
+        prepare_partitions(tmp_path / "data", DataConfig(scale="tiny", canaries=1000), 0)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_out_that_is_a_file_or_a_non_empty_dir_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(FedpktError, match="is a file"):
-        prepare_partitions(tmp_path / "f", scale="tiny")
+        prepare_partitions(tmp_path / "f", DataConfig(scale="tiny"), 0)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "keep").write_text("x")
     with pytest.raises(FedpktError, match="not empty"):
-        prepare_partitions(tmp_path / "d", scale="tiny")
+        prepare_partitions(tmp_path / "d", DataConfig(scale="tiny"), 0)
     assert (tmp_path / "d" / "keep").read_text() == "x"
 
 
 def test_overwrite_replaces_an_existing_output(tmp_path):
     out = tmp_path / "data"
-    prepare_partitions(out, scale="tiny", seed=1)
-    prepare_partitions(out, scale="tiny", seed=2, overwrite=True)
+    prepare_partitions(out, DataConfig(scale="tiny"), 1)
+    prepare_partitions(out, DataConfig(scale="tiny"), 2, overwrite=True)
     assert load_manifest(out)["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_data_files_are_deterministic_and_persona_digest_is_salted(tmp_path):
     first, second = tmp_path / "one", tmp_path / "two"
-    prepare_partitions(first, scale="tiny", seed=3)
-    prepare_partitions(second, scale="tiny", seed=3)
+    prepare_partitions(first, DataConfig(scale="tiny"), 3)
+    prepare_partitions(second, DataConfig(scale="tiny"), 3)
     a, b = first / "clients" / "A-0000", second / "clients" / "A-0000"
     assert (a / "train.jsonl").read_bytes() == (b / "train.jsonl").read_bytes()
     assert _sha(a / "persona.json") != _sha(b / "persona.json")

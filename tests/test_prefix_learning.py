@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedpkt.config import FedpktConfig
+from fedpkt.config import DataConfig, FedpktConfig
 from fedpkt.data.encoding import EncodedExample, encode_examples
 from fedpkt.data.examples import examples_from_dialogues
 from fedpkt.data.partition import load_client, prepare_partitions
@@ -41,7 +41,7 @@ def backbone() -> Backbone:
 def clients(tmp_path_factory) -> dict[str, list[ClientData]]:
     """Parts A and B of the tiny corpus, each client read back from its own folder."""
     root = tmp_path_factory.mktemp("prepared") / "data"
-    split = prepare_partitions(root, source="synthetic", scale="tiny", seed=CFG.seed)
+    split = prepare_partitions(root, DataConfig(scale="tiny"), CFG.seed)
     return {
         part: [load_client(root, c.meta["client_id"]) for c in split.part(part)]
         for part in ("A", "B")

@@ -30,13 +30,16 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedpkt.atomic import atomic_write_bytes, atomic_write_json
 from fedpkt.data.facts import extract_facts
 from fedpkt.data.schema import SPLITS, ClientData, Dialogue, Fact, Persona, Utterance
 from fedpkt.data.split import Corpus, CorpusSplit, split_corpus
 from fedpkt.errors import FedpktError
+
+if TYPE_CHECKING:
+    from fedpkt.config import DataConfig
 
 MANIFEST_VERSION = 1
 CLIENT_ID = re.compile(r"^[ABC]-\d{4,}$")
@@ -83,27 +86,23 @@ def sha256_file(path: Path) -> str:
 # ---------------------------------------------------------------- sources
 
 
-def load_corpus(
-    source: str,
-    scale: str = "default",
-    path: str | None = "",
-    seed: int = 0,
-    variant: str = "self_original",
-    revision: str = "",
-    data_dir: str = "",
-) -> Corpus:
-    """The synthetic corpus of ``scale``, or PERSONA-CHAT from ``path`` (file, dir, dataset id;
-    ``variant`` picks the files of a ParlAI folder, ``revision``/``data_dir`` what to read of
-    a Hugging Face dataset)."""
-    if source == "synthetic":
+def load_corpus(data: DataConfig, seed: int) -> Corpus:
+    """The synthetic corpus of ``data.scale`` (generated from ``seed``), or PERSONA-CHAT from
+    ``data.path`` (file, dir, dataset id; ``data.personachat_variant`` picks the files of a
+    ParlAI folder, ``data.revision``/``data.data_dir`` what to read of a Hugging Face dataset).
+
+    Raises FedpktError for an unknown ``data.source`` or unreadable PERSONA-CHAT input."""
+    if data.source == "synthetic":
         from fedpkt.data.synthetic import generate_corpus
 
-        return generate_corpus(scale, seed)
-    if source == "personachat":
+        return generate_corpus(data.scale, seed)
+    if data.source == "personachat":
         from fedpkt.data.personachat import load_personachat
 
-        return load_personachat(path or "", variant, revision=revision, data_dir=data_dir)
-    raise FedpktError(f"unknown data source '{source}' (expected synthetic or personachat)")
+        return load_personachat(
+            data.path, data.personachat_variant, revision=data.revision, data_dir=data.data_dir
+        )
+    raise FedpktError(f"unknown data source '{data.source}' (expected synthetic or personachat)")
 
 
 def default_part_b(source: str, scale: str, fraction: float = 0.2846) -> float:
@@ -209,37 +208,33 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def prepare_partitions(
     out: str | Path,
-    source: str = "synthetic",
-    scale: str = "default",
-    path: str | None = "",
-    seed: int = 0,
-    canaries: int = 0,
-    few_shot_threshold: int = 6,
+    data: DataConfig,
+    seed: int,
+    *,
     part_b: float | None = None,
     overwrite: bool = False,
-    variant: str = "self_original",
-    revision: str = "",
-    data_dir: str = "",
 ) -> CorpusSplit:
-    """Load the source, split it, write ``OUT/clients/*`` and ``OUT/manifest.json``.
+    """Load ``data``'s corpus, split it, write ``OUT/clients/*`` and ``OUT/manifest.json``.
 
-    ``part_b`` None means the preset's count (synthetic) or 0.2846 of the regular personas
-    (PERSONA-CHAT). ``variant``: the files of a PERSONA-CHAT ParlAI folder (``self_original``,
-    ``self_revised``, ``both_original``, ``both_revised``); ``revision`` and ``data_dir``: what
-    to read of a Hugging Face dataset (``refs/convert/parquet`` and ``full`` for the paper's).
+    ``data`` gives the source and its reading (``load_corpus``), ``data.canaries`` and
+    ``data.few_shot_threshold``; ``seed`` the generation, the Part B draw and the cuts.
+    ``part_b``: a count or a share of the regular personas; None means the synthetic preset's
+    count, or ``data.part_b_fraction`` for PERSONA-CHAT (``default_part_b``). Everything is
+    written to a temporary folder, then renamed: a failure leaves ``out`` as it was.
     Returns the split (with canaries planted) for callers that go on in-process.
     """
     target = Path(out)
     _check_out(target, overwrite)
-    if canaries < 0:
-        raise FedpktError(f"canaries={canaries} is invalid (expected >= 0)")
-    corpus = load_corpus(source, scale, path, seed, variant, revision, data_dir)
-    b = default_part_b(source, scale) if part_b is None else part_b
-    split = split_corpus(corpus, seed, few_shot_threshold, b)
+    canaries = data.canaries
+    corpus = load_corpus(data, seed)
+    real = data.source == "personachat"
+    b = default_part_b(data.source, data.scale, data.part_b_fraction) if part_b is None else part_b
+    split = split_corpus(corpus, seed, data.few_shot_threshold, b)
     if not split.clients:
         raise FedpktError(
-            f"no persona of {source} has enough dialogues to be a client ({split.dropped_personas} "
-            "dropped with fewer than 3); expected at least one: use a larger corpus"
+            f"no persona of {data.source} has enough dialogues to be a client "
+            f"({split.dropped_personas} dropped with fewer than 3); expected at least one: use a "
+            "larger corpus"
         )
     planted = plant_canaries(split, canaries, seed) if canaries else {}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -253,14 +248,14 @@ def prepare_partitions(
         ]
         manifest = {
             "version": MANIFEST_VERSION,
-            "source": source,
-            "scale": scale if source == "synthetic" else "",
-            "path": (path or "") if source == "personachat" else "",
-            "variant": variant if source == "personachat" else "",
-            "revision": revision if source == "personachat" else "",
-            "data_dir": data_dir if source == "personachat" else "",
+            "source": data.source,
+            "scale": data.scale if not real else "",
+            "path": data.path if real else "",
+            "variant": data.personachat_variant if real else "",
+            "revision": data.revision if real else "",
+            "data_dir": data.data_dir if real else "",
             "seed": seed,
-            "few_shot_threshold": few_shot_threshold,
+            "few_shot_threshold": data.few_shot_threshold,
             "part_b": b,
             "canaries": canaries,
             "dropped_personas": split.dropped_personas,
