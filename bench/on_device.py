@@ -28,6 +28,7 @@ from fedpkt.data.partition import prepare_partitions
 from fedpkt.eval.consistency import make_scorer
 from fedpkt.model.backbone import clear_loaded_backbones, load_backbone
 from fedpkt.source import initial_theta
+from fedpkt.train.inner_loop import InnerSettings
 
 
 def _sync(device: torch.device) -> None:
@@ -53,9 +54,7 @@ def measure(cfg: FedpktConfig, data_root: Path, steps: int, personas: int) -> di
     _sync(device)
     started = time.perf_counter()
     for i, client in enumerate(part_a):
-        client.source_step(
-            theta, steps=p1.inner_steps, lr=p1.inner_lr, batch_size=p1.inner_batch_size, seed=i
-        )
+        client.source_step(theta, InnerSettings.for_phase1(p1, seed=i))
     _sync(device)
     phase1_s = time.perf_counter() - started
 

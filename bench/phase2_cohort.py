@@ -52,15 +52,9 @@ def _personas_per_hour(n: int, seconds: float) -> float:
 def _generation(clients: list[LocalClient], folded: dict[str, torch.Tensor], rows: int) -> float:
     """CPU seconds to generate every persona's test replies, ``rows`` prompts per call (0: one
     call per persona)."""
-    cfg = clients[0].cfg.generation
+    generation = clients[0].cfg.generation
+    max_length = clients[0].cfg.data.max_length
     backbone = clients[0].backbone
-    settings = {
-        "num_beams": cfg.num_beams,
-        "max_new_tokens": cfg.max_new_tokens,
-        "length_penalty": cfg.length_penalty,
-        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
-        "max_length": clients[0].cfg.data.max_length,
-    }
     started = time.process_time()
     if rows == 0:
         for client in clients:
@@ -70,8 +64,9 @@ def _generation(clients: list[LocalClient], folded: dict[str, torch.Tensor], row
                 backbone.tokenizer,
                 folded[client.client_id],
                 prompts,
+                generation,
+                max_length=max_length,
                 batch_size=GENERATION_ROWS_PER_PERSONA,
-                **settings,
             )
     else:
         prompts, states = [], []
@@ -84,8 +79,9 @@ def _generation(clients: list[LocalClient], folded: dict[str, torch.Tensor], row
             backbone.tokenizer,
             torch.stack(states),
             prompts,
+            generation,
+            max_length=max_length,
             batch_size=rows,
-            **settings,
         )
     return time.process_time() - started
 

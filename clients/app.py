@@ -43,6 +43,7 @@ from fedpkt.model.backbone import load_backbone
 from fedpkt.personal import PERSONALIZED_ENTRY
 from fedpkt.personalize import PersonaFailure, PersonaTask, personalize_cohort
 from fedpkt.privacy.vault import Vault
+from fedpkt.train.inner_loop import InnerSettings
 from wire import (
     CLIENT_IDS,
     CONFIG,
@@ -230,13 +231,13 @@ def make_client_app(
         if theta is None:
             raise FedpktError("phase-1 train message carries no prefix arrays")
         config = request.config
-        result = request.client.source_step(
-            theta,
-            steps=int(config["steps"]),
+        inner = InnerSettings(
             lr=float(config["lr"]),
+            steps=int(config["steps"]),
             batch_size=int(config["batch-size"]),
             seed=request.seed,
         )
+        result = request.client.source_step(theta, inner)
         metrics: dict[str, float | int] = {
             "num-examples": result.num_examples,
             "train-loss": result.loss,

@@ -34,11 +34,11 @@ from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.eval.scoring import score_responses
 from fedpkt.local import LocalClient
 from fedpkt.model.backbone import Backbone
-from fedpkt.model.generate import generate_with
+from fedpkt.model.generate import generate_replies
 from fedpkt.model.positions import input_budget
 from fedpkt.source import ClientUpdate, SourceTrainer, client_seed
 from fedpkt.train.finetune import finetune, trainable_copy
-from fedpkt.train.inner_loop import sgd_inner_steps_model
+from fedpkt.train.inner_loop import InnerSettings, sgd_inner_steps_model
 from fedpkt.train.loop import LoopSettings, ProgressFn, TrainResult, evaluate_loss
 
 Arrays = dict[str, np.ndarray]
@@ -153,7 +153,7 @@ def evaluate_model(
     prompts = [
         context_prompt(ex.history, context, tokenizer, cfg.data.max_length) for ex in examples
     ]
-    generated = generate_with(
+    generated = generate_replies(
         model, tokenizer, None, prompts, cfg.generation, max_length=cfg.data.max_length
     )
     references = [ex.response.text for ex in examples]
@@ -257,10 +257,7 @@ def reptile_meta_train(
             step = sgd_inner_steps_model(
                 model,
                 clients[cid].encoded["train"],
-                lr=phase1.inner_lr,
-                steps=phase1.inner_steps,
-                batch_size=phase1.inner_batch_size,
-                seed=client_seed(cfg.seed, round_num, cid, "train"),
+                InnerSettings.for_phase1(phase1, client_seed(cfg.seed, round_num, cid, "train")),
                 tokenizer=backbone.tokenizer,
             )
             updates.append(

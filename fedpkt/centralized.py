@@ -18,6 +18,7 @@ from fedpkt.data.partition import load_manifest
 from fedpkt.local import LocalClient
 from fedpkt.model.backbone import Backbone
 from fedpkt.source import ClientUpdate, SourceTrainer, client_seed, initial_theta
+from fedpkt.train.inner_loop import InnerSettings
 
 Arrays = dict[str, np.ndarray]
 
@@ -45,13 +46,9 @@ def train_source_centralized(
     for round_num in range(1, p1.rounds + 1):
         updates = []
         for cid in trainer.sample_train():
+            seed = client_seed(cfg.seed, round_num, cid, "train")
             step = clients[cid].source_step(
-                trainer.theta,
-                steps=p1.inner_steps,
-                lr=p1.inner_lr,
-                batch_size=p1.inner_batch_size,
-                seed=client_seed(cfg.seed, round_num, cid, "train"),
-                strategy=trainer.strategy,
+                trainer.theta, InnerSettings.for_phase1(p1, seed), strategy=trainer.strategy
             )
             updates.append(ClientUpdate(cid, step.arrays, step.num_examples, step.loss))
         trainer.apply(updates)

@@ -24,13 +24,13 @@ from fedpkt.data.schema import ClientData, Example, Split
 from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.model.backbone import Backbone
-from fedpkt.model.generate import generate_with
+from fedpkt.model.generate import generate_replies
 from fedpkt.model.positions import input_budget
 from fedpkt.peft import PeftMethod, get_method
 from fedpkt.personalize import PersonaFailure, PersonalizeResult, PersonaTask, personalize_cohort
 from fedpkt.strategies import Phase1Strategy, build_strategy
 from fedpkt.train.dp import dp_inner_steps
-from fedpkt.train.inner_loop import sgd_inner_steps
+from fedpkt.train.inner_loop import InnerSettings, sgd_inner_steps
 from fedpkt.train.loop import evaluate_loss, sgd
 
 Arrays = dict[str, np.ndarray]
@@ -112,11 +112,8 @@ class LocalClient:
     def source_step(
         self,
         theta: Arrays,
+        settings: InnerSettings,
         *,
-        steps: int,
-        lr: float,
-        batch_size: int,
-        seed: int,
         strategy: Phase1Strategy | None = None,
     ) -> StepResult:
         """W_i = SGD(L_i, θ, α, k): k SGD steps from θ on this client's training data.
@@ -125,7 +122,7 @@ class LocalClient:
         FedProx's proximal gradient); under DP-SGD it wraps the optimizer opacus wraps.
         ``strategy``: the one to step for (default: this client's configured one).
         """
-        prefix = self.prefix_from(theta, seed)
+        prefix = self.prefix_from(theta, settings.seed)
         optimizer = (strategy or self.strategy).client_optimizer(sgd)
         if self.cfg.dp.enabled:  # σ calibrated for a client picked in every round: rounds · k
             private = dp_inner_steps(
@@ -133,11 +130,8 @@ class LocalClient:
                 prefix,
                 self.encoded["train"],
                 self.cfg.dp,
-                lr=lr,
-                steps=steps,
-                batch_size=batch_size,
-                seed=seed,
-                planned_steps=steps * max(self.cfg.phase1.rounds, 1),
+                settings,
+                planned_steps=settings.steps * max(self.cfg.phase1.rounds, 1),
                 optimizer_factory=optimizer,
             )
             return StepResult(
@@ -150,10 +144,7 @@ class LocalClient:
             self.backbone,
             prefix,
             self.encoded["train"],
-            lr=lr,
-            steps=steps,
-            batch_size=batch_size,
-            seed=seed,
+            settings,
             optimizer_factory=optimizer,
         )
         return StepResult(
@@ -194,7 +185,7 @@ class LocalClient:
         if not examples:
             return []
         prompts = [render_history(ex.history) for ex in examples]
-        return generate_with(
+        return generate_replies(
             self.backbone.model,
             self.backbone.tokenizer,
             folded,

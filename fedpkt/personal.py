@@ -21,7 +21,7 @@ from fedpkt.data.schema import Utterance
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone, load_backbone_from_config
 from fedpkt.model.export import export_method_adapter
-from fedpkt.model.generate import generate_with
+from fedpkt.model.generate import generate_replies
 from fedpkt.peft import PeftMethod, get_method
 from fedpkt.privacy.vault import Vault
 from fedpkt.rundir import RunDir
@@ -114,7 +114,7 @@ class ChatSession:
         self.history.append(Utterance("partner", text.strip()))
         prompt = render_history(self.history[-self.history_turns :])
         backbone = self.personal.backbone
-        (answer,) = generate_with(
+        (answer,) = generate_replies(
             backbone.model,
             backbone.tokenizer,
             self.personal.folded,

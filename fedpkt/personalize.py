@@ -32,7 +32,7 @@ from fedpkt.data.encoding import IGNORE_INDEX, EncodedExample, render_history
 from fedpkt.errors import FedpktError
 from fedpkt.eval.consistency import ConsistencyScorer
 from fedpkt.eval.scoring import score_responses
-from fedpkt.model.generate import generate_with
+from fedpkt.model.generate import generate_replies
 from fedpkt.train.cohort import CohortJob, cohort_losses, default_cohort_size, train_cohort
 from fedpkt.train.dp import train_prefix_dp
 from fedpkt.train.loop import LoopSettings, TrainResult, pad_id_for
@@ -232,7 +232,7 @@ def _generate(
             prompts.append(render_history(example.history))
     first = next(iter(live.values())).client
     states = torch.stack([folded[cid] for cid in owners]) if owners else None
-    texts = generate_with(
+    texts = generate_replies(
         first.backbone.model,
         first.backbone.tokenizer,
         states,

@@ -17,6 +17,7 @@ import torch
 from peft import PeftModel
 
 from fedpkt.config import DataConfig, FedpktConfig
+from fedpkt.config import GenerationConfig as GenerationSettings
 from fedpkt.data.encoding import encode_examples, render_history
 from fedpkt.data.examples import examples_from_dialogues
 from fedpkt.data.partition import load_client, prepare_partitions
@@ -78,7 +79,9 @@ def trained(backbone, tmp_path_factory):
 
 def peft_replies(model, tokenizer, prompts, *, num_beams: int, batched: bool) -> list[str]:
     """Replies through ``model.generate``: all prompts in one left-padded batch, or one by one."""
-    config = reply_generation_config(tokenizer, num_beams=num_beams, max_new_tokens=MAX_NEW)
+    config = reply_generation_config(
+        tokenizer, GenerationSettings(num_beams=num_beams, max_new_tokens=MAX_NEW)
+    )
     groups = [prompts] if batched else [[p] for p in prompts]
     replies: list[str] = []
     for group in groups:
@@ -97,10 +100,18 @@ def test_exported_adapter_generates_fedpkts_replies(backbone, trained, num_beams
     folded, adapter, prompts = trained
     tokenizer = backbone.tokenizer
     ours = generate_replies(
-        backbone.model, tokenizer, folded, prompts, num_beams=num_beams, max_new_tokens=MAX_NEW
+        backbone.model,
+        tokenizer,
+        folded,
+        prompts,
+        GenerationSettings(num_beams=num_beams, max_new_tokens=MAX_NEW),
     )
     bare = generate_replies(
-        backbone.model, tokenizer, None, prompts, num_beams=num_beams, max_new_tokens=MAX_NEW
+        backbone.model,
+        tokenizer,
+        None,
+        prompts,
+        GenerationSettings(num_beams=num_beams, max_new_tokens=MAX_NEW),
     )
     assert sum(a != b for a, b in zip(ours, bare, strict=True)) >= 3  # the prefix matters here
     model = load_adapter(backbone.model, adapter)
@@ -114,8 +125,10 @@ def test_a_plain_peft_model_generates_with_the_prefix_through_the_helper(backbon
     folded, adapter, prompts = trained
     tokenizer = backbone.tokenizer
     model = PeftModel.from_pretrained(backbone.model, adapter)
-    ours = generate_replies(backbone.model, tokenizer, folded, prompts[:3], max_new_tokens=MAX_NEW)
-    config = reply_generation_config(tokenizer, max_new_tokens=MAX_NEW)
+    ours = generate_replies(
+        backbone.model, tokenizer, folded, prompts[:3], GenerationSettings(max_new_tokens=MAX_NEW)
+    )
+    config = reply_generation_config(tokenizer, GenerationSettings(max_new_tokens=MAX_NEW))
     inputs = tokenizer(prompts[:3], return_tensors="pt", padding=True, padding_side="left")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("error")

@@ -18,6 +18,7 @@ from fedpkt.train.dp import (
     private,
     train_prefix_dp,
 )
+from fedpkt.train.inner_loop import InnerSettings
 from fedpkt.train.loop import LoopSettings, optimizer_step, response_loss, sgd
 from fedpkt.train.prefix_training import train_prefix
 from tests.training_fixtures import examples, parameters_of, tiny_model, tiny_prefix
@@ -177,10 +178,7 @@ def test_inner_loop_makes_k_noisy_steps_and_reports_their_epsilon() -> None:
         prefix,
         examples(),
         DPConfig(enabled=True, epsilon=4.0),
-        lr=0.1,
-        steps=3,
-        batch_size=2,
-        seed=0,
+        InnerSettings(lr=0.1, steps=3, batch_size=2, seed=0),
         planned_steps=12,
     )
     assert out.result.steps == 3 and out.plan.steps == 12
@@ -195,9 +193,7 @@ def test_a_closed_session_leaves_non_dp_training_unchanged() -> None:
     a never-wrapped prefix with the same parameters (identical losses and parameters)."""
     model = tiny_model()
     used = tiny_prefix(model, seed=1)
-    dp_inner_steps(
-        model, used, examples(), DPConfig(enabled=True), lr=0.1, steps=1, batch_size=2, seed=0
-    )
+    dp_inner_steps(model, used, examples(), DPConfig(enabled=True), InnerSettings(0.1, 1, 2, 0))
     fresh = tiny_prefix(model, seed=1)
     fresh.load_state_dict(used.state_dict())
     settings = LoopSettings(lr=1e-2, batch_size=2, max_epochs=1, patience=1)

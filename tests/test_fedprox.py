@@ -19,7 +19,7 @@ from fedpkt.model.backbone import load_backbone
 from fedpkt.strategies import build_strategy
 from fedpkt.strategies.fedprox import proximal
 from fedpkt.train.dp import DPPlan, dp_inner_steps, private
-from fedpkt.train.inner_loop import sgd_inner_steps
+from fedpkt.train.inner_loop import InnerSettings, sgd_inner_steps
 from fedpkt.train.loop import sgd
 from sim.simulate import simulate
 from tests.conftest import tiny_config
@@ -41,11 +41,12 @@ def _client_step(mu: float, *, dp: bool, strategy: str = "fedprox") -> dict[str,
     factory = build_strategy(tiny_config(**values).phase1).client_optimizer(sgd)
     model = tiny_model()
     prefix = tiny_prefix(model, seed=1)
-    common = {"lr": LR, "steps": 6, "batch_size": 2, "seed": 3, "optimizer_factory": factory}
+    settings = InnerSettings(lr=LR, steps=6, batch_size=2, seed=3)
     if dp:
-        dp_inner_steps(model, prefix, examples(), DPConfig(enabled=True, epsilon=8.0), **common)
+        dp_config = DPConfig(enabled=True, epsilon=8.0)
+        dp_inner_steps(model, prefix, examples(), dp_config, settings, optimizer_factory=factory)
     else:
-        sgd_inner_steps(model, prefix, examples(), **common)
+        sgd_inner_steps(model, prefix, examples(), settings, optimizer_factory=factory)
     return parameters_of(prefix)
 
 

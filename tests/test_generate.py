@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedpkt.config import GenerationConfig as GenerationSettings
 from fedpkt.data.encoding import encode_prompts
 from fedpkt.errors import FedpktError
 from fedpkt.model.generate import first_line, generate_replies, stop_token_ids
@@ -24,10 +25,10 @@ def test_batched_mixed_prefixes_equal_one_by_one_generation():
     one batch of 3 with beam 3 gives each row exactly what that row alone gives."""
     model, tokenizer = tiny_model(), tiny_tokenizer()
     states = three_prefixes(model)
-    options = dict(num_beams=3, max_new_tokens=MAX_NEW, no_repeat_ngram_size=2)
-    batched = generate_replies(model, tokenizer, states, PROMPTS, batch_size=3, **options)
+    options = GenerationSettings(num_beams=3, max_new_tokens=MAX_NEW, no_repeat_ngram_size=2)
+    batched = generate_replies(model, tokenizer, states, PROMPTS, options, batch_size=3)
     alone = [
-        generate_replies(model, tokenizer, states[i : i + 1], [PROMPTS[i]], **options)[0]
+        generate_replies(model, tokenizer, states[i : i + 1], [PROMPTS[i]], options)[0]
         for i in range(len(PROMPTS))
     ]
     assert batched == alone
@@ -38,7 +39,11 @@ def test_the_prefix_changes_the_reply():
     """Same prompt, three personas: the prefix reaches the model (replies are not all equal)."""
     model, tokenizer = tiny_model(), tiny_tokenizer()
     replies = generate_replies(
-        model, tokenizer, three_prefixes(model), [PROMPTS[0]] * 3, num_beams=2, max_new_tokens=8
+        model,
+        tokenizer,
+        three_prefixes(model),
+        [PROMPTS[0]] * 3,
+        GenerationSettings(num_beams=2, max_new_tokens=8),
     )
     assert len(set(replies)) > 1
 
@@ -68,9 +73,7 @@ def test_greedy_equals_a_hand_rolled_argmax_loop():
         tokenizer,
         states,
         PROMPTS,
-        num_beams=1,
-        max_new_tokens=MAX_NEW,
-        no_repeat_ngram_size=0,
+        GenerationSettings(num_beams=1, max_new_tokens=MAX_NEW, no_repeat_ngram_size=0),
     )
     want = [hand_greedy(model, tokenizer, states[i : i + 1], p) for i, p in enumerate(PROMPTS)]
     assert got == want
@@ -79,10 +82,12 @@ def test_greedy_equals_a_hand_rolled_argmax_loop():
 def test_one_shared_prefix_of_shape_m_by_width_applies_to_every_row():
     model, tokenizer = tiny_model(), tiny_tokenizer()
     folded = tiny_prefix(model, seed=1, init_std=1.0).fold()
-    shared = generate_replies(model, tokenizer, folded, PROMPTS, num_beams=2, max_new_tokens=6)
+    shared = generate_replies(
+        model, tokenizer, folded, PROMPTS, GenerationSettings(num_beams=2, max_new_tokens=6)
+    )
     rows = folded.unsqueeze(0).expand(len(PROMPTS), -1, -1)
     assert shared == generate_replies(
-        model, tokenizer, rows, PROMPTS, num_beams=2, max_new_tokens=6
+        model, tokenizer, rows, PROMPTS, GenerationSettings(num_beams=2, max_new_tokens=6)
     )
 
 
@@ -107,5 +112,7 @@ def test_states_must_have_one_row_per_prompt():
 def test_generation_leaves_the_model_mode_unchanged():
     model, tokenizer = tiny_model(), tiny_tokenizer()
     model.train()
-    generate_replies(model, tokenizer, None, PROMPTS[:1], num_beams=2, max_new_tokens=3)
+    generate_replies(
+        model, tokenizer, None, PROMPTS[:1], GenerationSettings(num_beams=2, max_new_tokens=3)
+    )
     assert model.training

@@ -8,7 +8,12 @@ import torch
 from fedpkt.data.encoding import collate
 from fedpkt.errors import FedpktError
 from fedpkt.train.finetune import trainable_copy
-from fedpkt.train.inner_loop import sgd_inner_steps, sgd_inner_steps_model, step_batches
+from fedpkt.train.inner_loop import (
+    InnerSettings,
+    sgd_inner_steps,
+    sgd_inner_steps_model,
+    step_batches,
+)
 from fedpkt.train.loop import response_loss
 from tests.training_fixtures import examples, parameters_of, tiny_model, tiny_prefix
 
@@ -28,7 +33,9 @@ def test_one_step_is_theta_minus_lr_times_the_batch_gradient():
         name: (p - LR * g).detach()
         for (name, p), g in zip(prefix.named_parameters(), grads, strict=True)
     }
-    result = sgd_inner_steps(model, prefix, data, lr=LR, steps=1, batch_size=2, seed=3)
+    result = sgd_inner_steps(
+        model, prefix, data, InnerSettings(lr=LR, steps=1, batch_size=2, seed=3)
+    )
     for name, value in parameters_of(prefix).items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
     assert result.mean_loss == pytest.approx(float(loss.detach()), rel=1e-6)
@@ -48,10 +55,7 @@ def test_exactly_k_updates_are_made():
         model,
         tiny_prefix(model),
         examples(),
-        lr=LR,
-        steps=5,
-        batch_size=2,
-        seed=0,
+        InnerSettings(lr=LR, steps=5, batch_size=2, seed=0),
         optimizer_factory=counting_sgd,
     )
     assert calls == ["step"] * 5
@@ -63,7 +67,7 @@ def test_same_seed_gives_identical_parameters():
     runs = []
     for _ in range(2):
         prefix = tiny_prefix(model, seed=4)
-        sgd_inner_steps(model, prefix, examples(), lr=LR, steps=3, batch_size=2, seed=11)
+        sgd_inner_steps(model, prefix, examples(), InnerSettings(LR, 3, 2, 11))
         runs.append(parameters_of(prefix))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
@@ -94,6 +98,6 @@ def test_full_model_variant_takes_the_same_sgd_step():
     loss = response_loss(model, None, batch)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     expected = [(p - 0.1 * g).detach() for p, g in zip(model.parameters(), grads, strict=True)]
-    sgd_inner_steps_model(model, data, lr=0.1, steps=1, batch_size=2, seed=1)
+    sgd_inner_steps_model(model, data, InnerSettings(lr=0.1, steps=1, batch_size=2, seed=1))
     for value, want in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(value.detach(), want, rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from cli.main import app
 from fedpkt.baseline_settings import SETTINGS
 from fedpkt.compare import write_comparison
 from fedpkt.config import DPConfig, PrefixConfig, load_config, run_method_name
+from fedpkt.config import GenerationConfig as GenerationSettings
 from fedpkt.data.encoding import pad_token_id
 from fedpkt.errors import FedpktError
 from fedpkt.model.adapter import load_adapter
@@ -36,6 +37,7 @@ from fedpkt.report import read_results
 from fedpkt.rundir import RunDir
 from fedpkt.train.cohort import CohortJob, train_cohort
 from fedpkt.train.dp import dp_inner_steps, train_prefix_dp
+from fedpkt.train.inner_loop import InnerSettings
 from fedpkt.train.loop import LoopSettings, evaluate_loss
 from fedpkt.train.prefix_training import train_prefix
 from sim.baselines import row_name
@@ -130,7 +132,12 @@ def test_prompt_greedy_generation_is_the_argmax_of_its_forward() -> None:
     folded = PROMPT.fold(build(PROMPT, model))
     prompt = "A: hi! how are you today?\nB:"
     reply = generate_replies(
-        model, tokenizer, folded, [prompt], num_beams=1, max_new_tokens=5, method=PROMPT
+        model,
+        tokenizer,
+        folded,
+        [prompt],
+        GenerationSettings(num_beams=1, max_new_tokens=5),
+        method=PROMPT,
     )[0]
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     stops = set(tokenizer.convert_tokens_to_ids(tokenizer.tokenize("\n"))) | {0}
@@ -149,11 +156,21 @@ def test_prompt_replies_are_the_same_batched_or_alone_with_beams() -> None:
     prompts = ["A: hi! how are you today?\nB:", "A: any hobbies?\nB:", "A: where?\nB:"]
     states = torch.stack([PROMPT.fold(build(PROMPT, model, seed=s)) for s in (1, 2, 3)])
     batched = generate_replies(
-        model, tokenizer, states, prompts, num_beams=3, max_new_tokens=6, method=PROMPT
+        model,
+        tokenizer,
+        states,
+        prompts,
+        GenerationSettings(num_beams=3, max_new_tokens=6),
+        method=PROMPT,
     )
     alone = [
         generate_replies(
-            model, tokenizer, states[i], [p], num_beams=3, max_new_tokens=6, method=PROMPT
+            model,
+            tokenizer,
+            states[i],
+            [p],
+            GenerationSettings(num_beams=3, max_new_tokens=6),
+            method=PROMPT,
         )[0]
         for i, p in enumerate(prompts)
     ]
@@ -221,8 +238,8 @@ def test_dp_sgd_trains_a_prompt_in_phase_1_and_phase_2() -> None:
     prompt = build(PROMPT, model)
     before = parameters_of(prompt)["encoder.embedding.weight"]
     inner = dp_inner_steps(
-        model, prompt, examples(), DPConfig(enabled=True, epsilon=4.0), lr=0.1, steps=2,
-        batch_size=2, seed=0,
+        model, prompt, examples(), DPConfig(enabled=True, epsilon=4.0),
+        InnerSettings(lr=0.1, steps=2, batch_size=2, seed=0),
     )  # fmt: skip
     assert 0.0 < inner.epsilon <= 4.0
     assert not torch.equal(parameters_of(prompt)["encoder.embedding.weight"], before)
@@ -280,12 +297,19 @@ def test_an_exported_prompt_generates_fedpkts_reply_through_load_adapter(beams, 
     folded = PROMPT.fold(build(PROMPT, model))
     prompt = "A: hi! how are you today?\nB:"
     ours = generate_replies(
-        model, tokenizer, folded, [prompt], num_beams=beams, max_new_tokens=6, method=PROMPT
+        model,
+        tokenizer,
+        folded,
+        [prompt],
+        GenerationSettings(num_beams=beams, max_new_tokens=6),
+        method=PROMPT,
     )
     out = export_method_adapter(folded, PROMPT, model.config, "t", tmp_path / "a")
     peft_model = load_adapter(model, out)
     inputs = tokenizer(prompt, return_tensors="pt")
-    config = reply_generation_config(tokenizer, num_beams=beams, max_new_tokens=6)
+    config = reply_generation_config(
+        tokenizer, GenerationSettings(num_beams=beams, max_new_tokens=6)
+    )
     with torch.no_grad():
         tokens = peft_model.generate(**inputs, generation_config=config)
     text = tokenizer.decode(tokens[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig
 
+from fedpkt.config import DataConfig
 from fedpkt.config import GenerationConfig as GenerationSettings
 from fedpkt.data.encoding import encode_prompts, pad_token_id
 from fedpkt.errors import FedpktError
@@ -43,6 +44,9 @@ from fedpkt.model.backbone import Backbone
 from fedpkt.model.positions import input_budget
 from fedpkt.model.prefix import prefix_position_ids
 from fedpkt.peft import PeftMethod, get_method
+
+DEFAULT_MAX_LENGTH: int = DataConfig.model_fields["max_length"].default
+"""Tokens of prompt + reply when no run says (``data.max_length``'s default)."""
 
 _STOP_IDS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
 
@@ -94,25 +98,22 @@ def _row_states(states: Tensor | None, rows: int) -> Tensor | None:
 
 
 def reply_generation_config(
-    tokenizer: Any,
-    *,
-    num_beams: int = 5,
-    max_new_tokens: int = 24,
-    length_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 3,
+    tokenizer: Any, generation: GenerationSettings | None = None
 ) -> GenerationConfig:
     """The search fedpkt's replies use: deterministic beam search (greedy at ``num_beams=1``)
-    that stops at EOS or at any token containing a newline (``stop_token_ids``).
+    under a run's ``[generation]`` section (None: its defaults, the one place they live), that
+    stops at EOS or at any token containing a newline (``stop_token_ids``).
 
     ``generate_replies`` runs with it; pass it to any HF ``generate`` (an exported adapter's
     included, ``fedpkt.model.adapter``) to get the same replies.
     """
+    generation = generation or GenerationSettings()
     return GenerationConfig(
         do_sample=False,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        length_penalty=length_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
+        num_beams=generation.num_beams,
+        max_new_tokens=generation.max_new_tokens,
+        length_penalty=generation.length_penalty,
+        no_repeat_ngram_size=generation.no_repeat_ngram_size,
         eos_token_id=list(stop_token_ids(tokenizer)),
         pad_token_id=pad_token_id(tokenizer),
     )
@@ -128,16 +129,15 @@ def generate_replies(
     tokenizer: Any,
     states: Tensor | None,
     prompts: Sequence[str],
+    generation: GenerationSettings | None = None,
     *,
-    num_beams: int = 5,
-    max_new_tokens: int = 24,
-    length_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 3,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 16,
     method: PeftMethod | None = None,
 ) -> list[str]:
-    """One reply per prompt, row i conditioned on prefix ``states[i]``.
+    """One reply per prompt, row i conditioned on prefix ``states[i]``, decoded under
+    ``generation`` (a run's ``[generation]`` section; None: its defaults), so that every caller
+    (phase 2, baselines, ``fedpkt chat``) honours every decoding setting.
 
     ``method`` is the PEFT method of ``states`` (default: prefix tuning); it says how they get
     into ``generate`` (``PeftMethod.generation_inputs``).
@@ -146,30 +146,20 @@ def generate_replies(
     prefix (m, width) for all prompts, or None for the bare model. ``prompts`` are rendered
     histories (``render_history``), each cut to its last ``max_length`` tokens. Deterministic:
     beam search (greedy when ``num_beams=1``), no sampling. Runs without gradients with the model
-    in eval mode (its previous mode is restored). Returns stripped one-line replies.
+    in eval mode (its previous mode is restored). Returns stripped one-line replies. Raises
+    FedpktError for a ``batch_size`` below 1.
     """
     model = _model_of(backbone_or_model)
     if not prompts:
         return []
-    for name, value in (
-        ("num_beams", num_beams),
-        ("max_new_tokens", max_new_tokens),
-        ("batch_size", batch_size),
-    ):
-        if not (isinstance(value, int) and value >= 1):
-            raise FedpktError(f"{name} is {value!r}; expected an integer >= 1")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise FedpktError(f"batch_size is {batch_size!r}; expected an integer >= 1")
+    config = reply_generation_config(tokenizer, generation)
     row_states = _row_states(states, len(prompts))
     m = 0 if row_states is None else row_states.shape[1]
     peft = method or get_method()
-    budget = input_budget(model.config, max_length, m, max_new_tokens)
+    budget = input_budget(model.config, max_length, m, config.max_new_tokens)
     device = next(model.parameters()).device
-    config = reply_generation_config(
-        tokenizer,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        length_penalty=length_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-    )
     # Prompts of similar length share a call (less left padding); replies return in order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
@@ -191,7 +181,7 @@ def generate_replies(
                 if row_states is not None:
                     rows = row_states[indices].detach()
                     rows = rows.to(device=device, dtype=model.dtype)
-                    kwargs = peft.generation_inputs(model, input_ids, mask, rows, num_beams)
+                    kwargs = peft.generation_inputs(model, input_ids, mask, rows, config.num_beams)
                 output = model.generate(generation_config=config, **kwargs)
             new_tokens = output[:, kwargs["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -200,31 +190,3 @@ def generate_replies(
     finally:
         model.train(was_training)
     return replies
-
-
-def generate_with(
-    backbone_or_model: Backbone | nn.Module,
-    tokenizer: Any,
-    states: Tensor | None,
-    prompts: Sequence[str],
-    generation: GenerationSettings,
-    *,
-    max_length: int,
-    batch_size: int = 16,
-    method: PeftMethod | None = None,
-) -> list[str]:
-    """``generate_replies`` with a run's ``[generation]`` section (``fedpkt.config``), so
-    that every caller (phase 2, baselines, ``fedpkt chat``) honours every decoding setting."""
-    return generate_replies(
-        backbone_or_model,
-        tokenizer,
-        states,
-        prompts,
-        num_beams=generation.num_beams,
-        max_new_tokens=generation.max_new_tokens,
-        length_penalty=generation.length_penalty,
-        no_repeat_ngram_size=generation.no_repeat_ngram_size,
-        max_length=max_length,
-        batch_size=batch_size,
-        method=method,
-    )

@@ -43,7 +43,7 @@ from fedpkt.data.encoding import IGNORE_INDEX, EncodedExample
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import Backbone
 from fedpkt.peft import PeftMethod, method_of, peft_forward
-from fedpkt.train.inner_loop import InnerResult, inner_steps
+from fedpkt.train.inner_loop import InnerResult, InnerSettings, inner_steps
 from fedpkt.train.loop import (
     Batch,
     LoopSettings,
@@ -316,35 +316,30 @@ def dp_inner_steps(
     prefix: nn.Module,
     train: Sequence[EncodedExample],
     dp: DPConfig,
+    settings: InnerSettings,
     *,
-    lr: float,
-    steps: int,
-    batch_size: int,
-    seed: int,
     planned_steps: int | None = None,
     optimizer_factory: OptimizerFactory = sgd,
 ) -> DPInnerResult:
     """PPReptile's k SGD steps (``sgd_inner_steps``' batches and update) under DP-SGD.
 
-    ``planned_steps`` (default ``steps``) is what σ is calibrated for: pass rounds · k so that a
-    client picked in every phase-1 round still stays within ε over the whole phase. The returned
-    ε is that of these ``steps`` steps alone.
+    ``planned_steps`` (default ``settings.steps``) is what σ is calibrated for: pass rounds · k so
+    that a client picked in every phase-1 round still stays within ε over the whole phase. The
+    returned ε is that of these ``settings.steps`` steps alone.
     """
     model, tokenizer = backbone_parts(backbone)
+    steps = settings.steps
     planned = steps if planned_steps is None else planned_steps
     if planned < steps:
         raise FedpktError(f"planned_steps is {planned}; expected at least steps ({steps})")
-    plan = plan_dp(dp, num_examples=len(train), batch_size=batch_size, steps=planned)
-    with private(prefix, plan, seed=seed) as session:
+    plan = plan_dp(dp, num_examples=len(train), batch_size=settings.batch_size, steps=planned)
+    with private(prefix, plan, seed=settings.seed) as session:
         inner = inner_steps(
             model,
             session.module,
             session.module,
             train,
-            lr=lr,
-            steps=steps,
-            batch_size=batch_size,
-            seed=seed,
+            settings,
             pad_id=pad_id_for(model, tokenizer),
             optimizer_factory=session.optimizer_factory(optimizer_factory),
             loss_fn=mean_per_example_loss,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,37 @@ from fedpkt.train.loop import (
     trainable,
 )
 from fedpkt.train.prefix_training import backbone_parts
+
+if TYPE_CHECKING:
+    from fedpkt.config import Phase1Config
+
+
+@dataclass(frozen=True)
+class InnerSettings:
+    """One client's inner loop (paper eq. 2): k = ``steps`` SGD steps of learning rate α =
+    ``lr`` on batches of b_in = ``batch_size`` examples, drawn from ``seed``.
+
+    A run's come from ``[phase1]`` through ``for_phase1`` (the one mapping); a Flower client
+    gets the same three numbers in its train message. Raises FedpktError on construction for a
+    non-positive lr, steps or batch size.
+    """
+
+    lr: float
+    steps: int
+    batch_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise FedpktError(f"lr is {self.lr!r}; expected a number > 0")
+        for name, value in (("steps", self.steps), ("batch_size", self.batch_size)):
+            if not (isinstance(value, int) and value >= 1):
+                raise FedpktError(f"{name} is {value!r}; expected an integer >= 1")
+
+    @classmethod
+    def for_phase1(cls, phase1: Phase1Config, seed: int) -> InnerSettings:
+        """``phase1.inner_lr``, ``inner_steps`` and ``inner_batch_size``, with ``seed``."""
+        return cls(phase1.inner_lr, phase1.inner_steps, phase1.inner_batch_size, seed)
 
 
 @dataclass(frozen=True)
@@ -71,11 +103,8 @@ def inner_steps(
     states_fn: StatesFn | None,
     trained: nn.Module,
     train: Sequence[EncodedExample],
+    settings: InnerSettings,
     *,
-    lr: float,
-    steps: int,
-    batch_size: int,
-    seed: int,
     pad_id: int | None,
     optimizer_factory: OptimizerFactory,
     loss_fn: LossFn = response_loss,
@@ -87,11 +116,10 @@ def inner_steps(
     per-example gradients do not mix examples, and its own optimizer; the batches, seeds and
     update are this loop's, so a DP client's k steps differ from a plain one only by those two.
     """
-    if not lr > 0:
-        raise FedpktError(f"lr is {lr!r}; expected a number > 0")
-    batches = step_batches(len(train), steps, batch_size, seed)
+    seed = settings.seed
+    batches = step_batches(len(train), settings.steps, settings.batch_size, seed)
     params = trainable(list(trained.parameters()), "the inner-loop module")
-    optimizer = optimizer_factory(params, lr=lr, weight_decay=0.0)
+    optimizer = optimizer_factory(params, lr=settings.lr, weight_decay=0.0)
     collate_fn = collate_for(model, pad_id)
     losses: list[float] = []
     method = method_of(states_fn)
@@ -121,15 +149,12 @@ def sgd_inner_steps(
     backbone: Backbone | nn.Module,
     prefix: nn.Module,
     train: Sequence[EncodedExample],
+    settings: InnerSettings,
     *,
-    lr: float,
-    steps: int,
-    batch_size: int,
-    seed: int,
     optimizer_factory: OptimizerFactory = sgd,
 ) -> InnerResult:
-    """PPReptile's client step: ``steps`` SGD updates of ``prefix`` (in place), lr α, batches of
-    ``batch_size`` (b_in) examples; the backbone stays frozen.
+    """PPReptile's client step: ``settings.steps`` SGD updates of ``prefix`` (in place), lr α,
+    batches of b_in examples; the backbone stays frozen.
 
     ``optimizer_factory`` is the DP-SGD seam (default: plain SGD without momentum).
     """
@@ -139,10 +164,7 @@ def sgd_inner_steps(
         prefix,
         prefix,
         train,
-        lr=lr,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
+        settings,
         pad_id=pad_id_for(model, tokenizer),
         optimizer_factory=optimizer_factory,
     )
@@ -151,11 +173,8 @@ def sgd_inner_steps(
 def sgd_inner_steps_model(
     model: nn.Module,
     train: Sequence[EncodedExample],
+    settings: InnerSettings,
     *,
-    lr: float,
-    steps: int,
-    batch_size: int,
-    seed: int,
     tokenizer: object | None = None,
     optimizer_factory: OptimizerFactory = sgd,
 ) -> InnerResult:
@@ -166,10 +185,7 @@ def sgd_inner_steps_model(
         None,
         model,
         train,
-        lr=lr,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
+        settings,
         pad_id=pad_id_for(model, tokenizer),
         optimizer_factory=optimizer_factory,
     )
