@@ -60,7 +60,7 @@ from fedpkt.data.synthetic import NOT_SURE
 from fedpkt.eval.consistency import OracleScorer, make_scorer
 from fedpkt.local import LocalClient
 from fedpkt.model.backbone import load_backbone_from_config
-from fedpkt.model.generate import generate_with
+from fedpkt.model.generate import generate_replies
 from fedpkt.model.prefix import forward_with_prefix
 from fedpkt.personalize import PersonalizeResult, PersonaTask, personalize_cohort
 from fedpkt.train.loop import eval_mode, pad_id_for, response_nll_rows
@@ -236,7 +236,7 @@ def decode(
     rows = None
     if states is not None:
         rows = torch.stack([states[c.client_id] for c in contexts])
-    return generate_with(
+    return generate_replies(
         first.backbone.model,
         first.backbone.tokenizer,
         rows,
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
-        prepare_partitions(root, scale=cfg.data.scale, seed=cfg.seed)
+        prepare_partitions(root, cfg.data.model_copy(update={"canaries": 0}), cfg.seed)
         manifest = load_manifest(root)
         by_part = {
             part: [e["client_id"] for e in manifest["clients"] if e["part"] == part]
