@@ -24,10 +24,12 @@ lint: setup
 	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
-# The embedded default backbone is built once (cached) before the suite: e2e tests use it.
+# The embedded default backbones are built once (cached) before the suite: e2e tests use them
+# (the prose one: issue 18's recipe, tests/test_embedded.py).
 test: setup lint
 	$(BIN)/fedpkt backbone build --size tiny
 	$(BIN)/fedpkt backbone build --size default
+	$(BIN)/fedpkt backbone build --size default --recipe prose
 	$(BIN)/python -m pytest -q
 	$(MAKE) wheel-check
 

@@ -41,6 +41,7 @@ def measure(cfg: FedpktConfig, data_root: Path, steps: int, personas: int) -> di
     backbone = load_backbone(
         cfg.backbone.name,
         embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
         device=cfg.backbone.device,
         dtype=cfg.backbone.dtype,
         progress=False,

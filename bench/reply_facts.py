@@ -24,12 +24,15 @@ over personas of the mean over replies, as the paper reports it); the same share
 contexts whose last partner turn asks about one of the persona's own slots (where every
 ground-truth reply states the fact), with the share of "not sure" replies there (the corpus's
 answer to a question about a slot the persona does not have); the share that asks a partner's
-catalogue question (a reply in the wrong role); and blandness: distinct replies and the most
-frequent ones. A forced-choice probe (``fact_probe``) then asks whether each prefix holds the
-persona's facts at all, whatever the search makes of them. Prints one JSON object;
-``--markdown`` also prints the tables for bench/RESULTS.md. About 5 minutes on one thread.
+catalogue question (a reply in the wrong role); the share that repeats, as the persona's, a fact
+the history states but the persona does not hold (copying the partner); and blandness:
+distinct replies and the most frequent ones. A forced-choice probe (``fact_probe``) then asks
+whether each prefix holds the persona's facts at all, whatever the search makes of them. Prints
+one JSON object; ``--markdown`` also prints the tables for bench/RESULTS.md. About 5 minutes on
+one thread.
 
     .venv/bin/python bench/reply_facts.py [--part-b 30] [--part-c 20] [--threads 1] [--markdown]
+        [--set "backbone.embedded_recipe='prose'"]
 """
 
 from __future__ import annotations
@@ -104,11 +107,14 @@ def asked_slot(text: str) -> str | None:
     return None
 
 
-def reply_row(reply: str, persona: Persona) -> dict[str, bool]:
-    """What one reply states relative to its persona."""
+def reply_row(reply: str, context: Context) -> dict[str, bool]:
+    """What one reply states relative to its persona and to its history (copied facts)."""
+    persona = context.persona
     stated = extract_facts(reply)
     own_slots = {f.slot for f in persona.facts}
+    heard = {f for u in context.example.history for f in extract_facts(u.text)}
     return {
+        "copies_history_fact": any(f in heard and f not in persona.facts for f in stated),
         "any_fact": bool(stated),
         "own_fact": any(f in persona.facts for f in stated),
         "other_slot_fact": any(f.slot not in own_slots for f in stated),
@@ -124,7 +130,7 @@ def share(rows: Sequence[dict[str, bool]], key: str) -> float | None:
 
 def reply_stats(replies: Sequence[str], contexts: Sequence[Context]) -> dict:
     """The shares, C and blandness figures of one set of replies (one per context)."""
-    rows = [reply_row(r, c.persona) for r, c in zip(replies, contexts, strict=True)]
+    rows = [reply_row(r, c) for r, c in zip(replies, contexts, strict=True)]
     asked = [row for row, c in zip(rows, contexts, strict=True) if c.asks_own_slot]
     scorer = OracleScorer()
     per_persona: dict[str, list[float]] = {}
@@ -248,7 +254,7 @@ def decode(
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = load_config(args.config, [f"seed={args.seed}"])
+    cfg = load_config(args.config, [f"seed={args.seed}", *args.overrides])
     backbone = load_backbone_from_config(cfg.backbone, progress=False)
     timings: dict[str, float] = {}
     out: dict = {
@@ -332,8 +338,8 @@ def markdown(result: dict) -> str:
     lines = [
         "| replies | n | any fact | own fact | other-slot fact | contradicts | C "
         "| own fact when asked | contradicts when asked | not sure when asked | asks a question "
-        "| distinct | top-5 share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| copies the partner | distinct | top-5 share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = dict(result["table"])
     if result["ground_truth_all_B_C"]["n"] != rows["ground truth"]["n"]:
@@ -345,7 +351,8 @@ def markdown(result: dict) -> str:
             f"| {s['other_slot_fact']:.3f} | {s['contradicts']:.3f} | {s['c_score']:.3f} "
             f"| {asked['own_fact']:.3f} (n={asked['n']}) | {asked['contradicts']:.3f} "
             f"| {asked['not_sure']:.3f} "
-            f"| {s['asks_catalogue_question']:.3f} | {s['distinct_replies']:.3f} "
+            f"| {s['asks_catalogue_question']:.3f} | {s['copies_history_fact']:.3f} "
+            f"| {s['distinct_replies']:.3f} "
             f"| {s['top_share']:.3f} |"
         )
     lines.append("")
@@ -369,6 +376,9 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="embedded")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="section.key=value"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--part-b", type=int, default=30, help="first N Part B personas")
     parser.add_argument("--part-c", type=int, default=20, help="first N Part C personas")

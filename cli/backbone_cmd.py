@@ -23,7 +23,12 @@ SizeOption = typer.Option(
     None,
     "--size",
     help="Embedded recipe: tiny (tests) or default (runs). For other backbones: which recipe's "
-    "held-out general dialogues to score on.",
+    "held-out texts to score on.",
+)
+RecipeOption = typer.Option(
+    None,
+    "--recipe",
+    help="What the embedded backbone is pretrained on: dialogue (default) or prose (issue 18).",
 )
 
 
@@ -31,21 +36,26 @@ SizeOption = typer.Option(
 @exits_cleanly
 def build(
     size: str = typer.Option("default", "--size", help="Embedded recipe: tiny or default."),
+    recipe: str = typer.Option(
+        "dialogue", "--recipe", help="Pretraining corpus: dialogue (default) or prose."
+    ),
     force: bool = typer.Option(False, "--force", help="Rebuild even if it is already cached."),
 ) -> None:
     """Build the embedded backbone into the cache (once; later calls reuse it)."""
     from fedpkt.model.embedded import ensure_embedded, get_recipe, read_build_info
 
-    get_recipe(size)  # a bad size fails before any work
-    path = ensure_embedded(size, force=force, progress=True)
+    get_recipe(size, recipe)  # a bad size or recipe fails before any work
+    path = ensure_embedded(size, recipe, force=force, progress=True)
     record = read_build_info(path) or {}
-    table = _two_columns(f"embedded backbone ({size})")
+    table = _two_columns(f"embedded backbone ({recipe}, {size})")
     table.add_row("path", str(path))
     table.add_row("parameters", f"{record.get('num_params', 0):,}")
     table.add_row("build seconds", str(record.get("build_seconds", "?")))
     if "valid_perplexity" in record:
         table.add_row("held-out perplexity", f"{record['valid_perplexity']:.2f}")
         table.add_row("unigram baseline", f"{record['unigram_perplexity']:.2f}")
+    if "dialogue_perplexity" in record:
+        table.add_row("perplexity on dialogues", f"{record['dialogue_perplexity']:.2f}")
     console.print(table)
 
 
@@ -56,6 +66,7 @@ def info(
         None, "--backbone", "-b", help="'embedded', a local model directory or a hub id."
     ),
     size: str | None = SizeOption,
+    recipe: str | None = RecipeOption,
     config: Path | None = ConfigOption,
     overrides: list[str] | None = SetOption,
 ) -> None:
@@ -64,12 +75,18 @@ def info(
     from fedpkt.model.embedded import get_recipe, perplexity_report
 
     cfg = resolve_config(
-        config, overrides, {"backbone.name": backbone, "backbone.embedded_size": size}
+        config,
+        overrides,
+        {
+            "backbone.name": backbone,
+            "backbone.embedded_size": size,
+            "backbone.embedded_recipe": recipe,
+        },
     )
     loaded = load_backbone_from_config(cfg.backbone)
-    recipe = get_recipe(cfg.backbone.embedded_size)
-    with console.status("scoring held-out general dialogues"):
-        report = perplexity_report(loaded.model, loaded.tokenizer, recipe)
+    scored = get_recipe(cfg.backbone.embedded_size, cfg.backbone.embedded_recipe)
+    with console.status(f"scoring held-out {scored.corpus} texts and general dialogues"):
+        report = perplexity_report(loaded.model, loaded.tokenizer, scored)
     console.print(_info_table(loaded, report, cfg.backbone.dtype))
 
 
@@ -89,12 +106,10 @@ def _info_table(backbone: Backbone, report: PerplexityReport, dtype: str) -> Tab
     build = read_build_info(backbone.path)
     if build is not None:
         table.add_row("build seconds", str(build.get("build_seconds", "?")))
-    table.add_row(
-        "held-out general dialogues",
-        f"{report.valid_dialogues} dialogues, {report.valid_tokens:,} tokens",
-    )
+    table.add_row("held-out texts", f"{report.valid_texts} texts, {report.valid_tokens:,} tokens")
     table.add_row("validation perplexity", f"{report.valid_perplexity:.2f}")
     table.add_row("unigram baseline perplexity", f"{report.unigram_perplexity:.2f}")
+    table.add_row("perplexity on general dialogues", f"{report.dialogue_perplexity:.2f}")
     return table
 
 

@@ -139,6 +139,7 @@ def _local_client(data_root: str, client_id: str, config_text: str) -> LocalClie
     backbone = load_backbone(
         cfg.backbone.name,
         embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
         device=cfg.backbone.device,
         dtype=cfg.backbone.dtype,
     )

@@ -62,6 +62,12 @@ class BackboneConfig(_Section):
     embedded_size: Literal["tiny", "default"] = Field(
         "default", description="Recipe of the embedded backbone: 'tiny' for tests, 'default' runs."
     )
+    embedded_recipe: Literal["dialogue", "prose"] = Field(
+        "dialogue",
+        description="What the embedded backbone is pretrained on: 'dialogue' (the corpus's own "
+        "dialogue layout) or 'prose' (the synthetic world in non-dialogue registers, as GPT-2 "
+        "knows English but not PERSONA-CHAT; issue 18, opt-in until it meets its criteria).",
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Backbone compute dtype; prefixes are always trained in float32."

@@ -83,7 +83,11 @@ def check_backbone(cfg: FedpktConfig) -> None:
     from fedpkt.model.backbone import backbone_path, check_causal_lm
     from fedpkt.model.positions import check_backbone_fits
 
-    path = backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
+    path = backbone_path(
+        cfg.backbone.name,
+        embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
+    )
     check_prefix_memory(cfg, check_causal_lm(path, cfg.backbone.name))
     check_backbone_fits(cfg)  # lengths beyond the backbone's position table
 

@@ -141,7 +141,12 @@ def initial_prefix(cfg: FedpktConfig) -> tuple[Arrays, int]:
     """θ_0 for this run and the parameters one persona stores; the server reads only the
     backbone's config, never its weights."""
     return initial_theta(
-        cfg, backbone_config(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
+        cfg,
+        backbone_config(
+            cfg.backbone.name,
+            embedded_size=cfg.backbone.embedded_size,
+            embedded_recipe=cfg.backbone.embedded_recipe,
+        ),
     )
 
 
@@ -373,7 +378,9 @@ def run_server(grid: Grid, settings: ServerSettings) -> None:
         rows = run_phase2(grid, run, cfg, directory, source, settings)
         _, stored = initial_prefix(cfg)
         backbone_params = backbone_num_params(
-            cfg.backbone.name, embedded_size=cfg.backbone.embedded_size
+            cfg.backbone.name,
+            embedded_size=cfg.backbone.embedded_size,
+            embedded_recipe=cfg.backbone.embedded_recipe,
         )
         write_report(
             run.root,

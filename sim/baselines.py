@@ -89,6 +89,7 @@ def open_cohort(cfg: FedpktConfig, data_root: Path) -> Cohort:
     backbone = load_backbone(
         cfg.backbone.name,
         embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
         device=cfg.backbone.device,
         dtype=cfg.backbone.dtype,
     )
@@ -105,7 +106,9 @@ def open_cohort(cfg: FedpktConfig, data_root: Path) -> Cohort:
         numbers=persona_numbers({p: list(c) for p, c in by_part.items()}),
         scorer=make_scorer(cfg.eval),
         backbone_params=backbone_num_params(
-            cfg.backbone.name, embedded_size=cfg.backbone.embedded_size
+            cfg.backbone.name,
+            embedded_size=cfg.backbone.embedded_size,
+            embedded_recipe=cfg.backbone.embedded_recipe,
         ),
     )
 
@@ -267,6 +270,7 @@ def check_baselines(cfg: FedpktConfig, run_dir: str | Path | None = None) -> Pat
     load_backbone(  # loaded once here (the runs reuse it): broken weights refused early
         cfg.backbone.name,
         embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
         device=cfg.backbone.device,
         dtype=cfg.backbone.dtype,
     )

@@ -621,7 +621,12 @@ def _launch(
     # processes only load it instead of racing to build it; a bad name fails before any start.
     from fedpkt.model.backbone import backbone_path
 
-    backbone_path(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False)
+    backbone_path(
+        cfg.backbone.name,
+        embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
+        progress=False,
+    )
     session = Launch(cfg, run, options, on_event, on_message)
     session.prepare_tls()
     with terminate_as_interrupt():

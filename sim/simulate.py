@@ -148,6 +148,7 @@ def check_simulate(
     load_backbone(
         cfg.backbone.name,
         embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
         device=cfg.backbone.device,
         dtype=cfg.backbone.dtype,
     )

@@ -50,7 +50,9 @@ def tiny(cache, monkeypatch):
 @pytest.fixture(scope="module")
 def llama_dir(cache, tmp_path_factory) -> Path:
     """A tiny random Llama (grouped-query attention) saved with the embedded tokenizer."""
-    tokenizer_dir = next(p for p in (cache / "backbones").glob("embedded-tiny-*") if p.is_dir())
+    tokenizer_dir = next(
+        p for p in (cache / "backbones").glob("embedded-dialogue-tiny-*") if p.is_dir()
+    )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -34,6 +34,27 @@ def test_build_then_info_report_the_tiny_backbone(runner):
     assert "2 / 32" in shown.output  # layers / hidden of the tiny recipe
 
 
+def test_the_prose_recipe_is_selectable_by_name(runner):
+    """``--recipe prose`` builds issue 18's backbone into its own folder; ``info`` scores it on
+    its held-out prose and on general dialogues, which it has never seen."""
+    built = runner.invoke(app, ["build", "--size", "tiny", "--recipe", "prose"])
+    assert built.exit_code == 0, built.output
+    path = embedded_path("tiny", "prose")
+    assert path.name.startswith("embedded-prose-tiny-") and path != embedded_path("tiny")
+    assert "perplexity on dialogues" in built.output
+    shown = runner.invoke(app, ["info", "--size", "tiny", "--recipe", "prose"])
+    assert shown.exit_code == 0, shown.output
+    assert str(path.name) in shown.output.replace("\n", "")
+    assert "perplexity on general dialogues" in shown.output
+
+
+def test_unknown_recipe_exits_2_with_one_line(runner):
+    result = runner.invoke(app, ["build", "--size", "tiny", "--recipe", "poems"])
+    assert result.exit_code == 2
+    assert "recipe 'poems' is unknown" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_unknown_size_exits_2_with_one_line(runner):
     result = runner.invoke(app, ["build", "--size", "huge"])
     assert result.exit_code == 2

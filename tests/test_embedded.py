@@ -43,10 +43,10 @@ TEXTS = [
 ] * 20
 
 
-def _build_in(cache: Path) -> Path:
+def _build_in(cache: Path, corpus: str = "dialogue") -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(cache))
-        return ensure_embedded("tiny", progress=False)
+        return ensure_embedded("tiny", corpus, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 def test_recipe_fingerprint_is_stable_and_tracks_every_field():
-    tiny = RECIPES["tiny"]
+    tiny = RECIPES[("dialogue", "tiny")]
     assert recipe_fingerprint(tiny) == recipe_fingerprint(dataclasses.replace(tiny))
     assert recipe_fingerprint(tiny) != recipe_fingerprint(dataclasses.replace(tiny, steps=151))
     assert len(recipe_fingerprint(tiny)) == 16
@@ -69,6 +69,21 @@ def test_unknown_size_is_a_one_line_error_listing_the_sizes():
         FedpktError, match=r"'huge' is unknown; expected one of \['default', 'tiny'\]"
     ):
         get_recipe("huge")
+    with pytest.raises(
+        FedpktError, match=r"recipe 'poems' is unknown; expected one of \['dialogue', 'prose'\]"
+    ):
+        get_recipe("tiny", "poems")
+
+
+def test_prose_and_dialogue_recipes_build_apart_and_the_tiny_pair_has_one_shape():
+    """Another corpus is another fingerprint and cache folder; "dialogue" is the default."""
+    for size in ("tiny", "default"):
+        dialogue, prose = get_recipe(size), get_recipe(size, "prose")
+        assert (dialogue.corpus, prose.corpus) == ("dialogue", "prose")
+        assert recipe_fingerprint(prose) != recipe_fingerprint(dialogue)
+    dialogue, prose = get_recipe("tiny"), get_recipe("tiny", "prose")
+    shape = ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")
+    assert [getattr(prose, k) for k in shape] == [getattr(dialogue, k) for k in shape]
 
 
 def test_lr_warms_up_linearly_then_decays_to_the_floor():
@@ -77,7 +92,7 @@ def test_lr_warms_up_linearly_then_decays_to_the_floor():
     step 0 -> 1e-2 * 1/10 = 1e-3; step 9 -> 1e-2; step 10 (cosine start) -> 1e-2;
     step 149 (cosine end) -> 1e-2 * 0.1 = 1e-3; halfway (step 79.5) would be 5.5e-3.
     """
-    tiny = RECIPES["tiny"]
+    tiny = RECIPES[("dialogue", "tiny")]
     assert lr_at(0, tiny) == pytest.approx(1e-3)
     assert lr_at(9, tiny) == pytest.approx(1e-2)
     assert lr_at(10, tiny) == pytest.approx(1e-2)
@@ -218,14 +233,15 @@ def test_second_request_reuses_the_cached_build(tiny_dir):
 
 
 def test_cache_folder_is_named_by_size_and_recipe_fingerprint(tiny_dir):
-    assert tiny_dir.name == f"embedded-tiny-{recipe_fingerprint(RECIPES['tiny'])}"
+    fingerprint = recipe_fingerprint(RECIPES[("dialogue", "tiny")])
+    assert tiny_dir.name == f"embedded-dialogue-tiny-{fingerprint}"
     assert tiny_dir.parent.name == "backbones"
 
 
 def test_built_directory_loads_with_the_auto_classes(tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    tiny = RECIPES["tiny"]
+    tiny = RECIPES[("dialogue", "tiny")]
     assert isinstance(model, GPT2LMHeadModel)
     assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == (2, 32, 2)
     assert type(tok).__name__ == "GPT2Tokenizer" and tok.is_fast
@@ -239,10 +255,38 @@ def test_tiny_build_beats_the_unigram_baseline_by_far(tiny_dir):
     record = read_build_info(tiny_dir)
     assert record is not None
     assert record["valid_perplexity"] < 0.5 * record["unigram_perplexity"]
-    assert record["recipe"] == dataclasses.asdict(RECIPES["tiny"])
+    assert record["recipe"] == dataclasses.asdict(RECIPES[("dialogue", "tiny")])
+
+
+def test_prose_tiny_build_is_deterministic_and_beats_the_unigram_baseline(tmp_path):
+    """The prose recipe (issue 18) builds the same bytes in two caches, into its own folder,
+    and its context helps: held-out prose perplexity below half the unigram baseline's."""
+    first, second = _build_in(tmp_path / "a", "prose"), _build_in(tmp_path / "b", "prose")
+    assert first.name.startswith("embedded-prose-tiny-")
+    assert directory_fingerprint(first) == directory_fingerprint(second)
+    record = read_build_info(first)
+    assert record is not None and record["recipe"]["corpus"] == "prose"
+    assert record["valid_perplexity"] < 0.5 * record["unigram_perplexity"]
 
 
 # ------------------------------------------------------------------ default (end to end)
+
+
+def _beam_reply(backbone, prompt: str) -> str:
+    """The bare backbone's reply to ``prompt`` as phase 2 decodes (beam 5, no-repeat 3, 24
+    tokens), stopping at EOS or at the end of the line."""
+    model, tok = backbone.model, backbone.tokenizer
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        num_beams=5,
+        max_new_tokens=24,
+        no_repeat_ngram_size=3,
+        eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("Ċ")],
+        pad_token_id=tok.pad_token_id,
+    )
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 @pytest.mark.e2e
@@ -258,23 +302,40 @@ def test_default_backbone_replies_in_the_corpus_style():
     record = read_build_info(backbone.path)
     assert record is not None
     assert record["valid_perplexity"] < 0.1 * record["unigram_perplexity"]
-    model, tok = backbone.model, backbone.tokenizer
     corpus_words = {w for text in general_texts(500, 1001) for w in text.split()}
-    stop = [tok.eos_token_id, tok.convert_tokens_to_ids("Ċ")]
     for dialogue in generate_general_dialogues(8, seed=4242):
         turn = 5  # a persona turn (partner speaks first), after two full exchanges
         prompt = render_history(dialogue.turns[turn - 3 : turn])
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            num_beams=5,
-            max_new_tokens=24,
-            no_repeat_ngram_size=3,
-            eos_token_id=stop,
-            pad_token_id=tok.pad_token_id,
-        )
-        reply = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        reply = _beam_reply(backbone, prompt)
         words = reply.split()
         assert words and reply == reply.lower(), reply
         assert sum(w in corpus_words for w in words) >= 0.8 * len(words), reply
+
+
+@pytest.mark.e2e
+def test_default_prose_backbone_knows_the_prose_but_not_the_dialogue_layout():
+    """The default-size prose backbone (issue 18; ~2 CPU-minutes, built once by `make test`).
+
+    Like GPT-2 before PERSONA-CHAT, it knows the synthetic world's language (held-out prose
+    perplexity far below the unigram baseline; measured 2.99 against 168.9) but not the dialogue
+    task: perplexity on held-out general dialogues in the ``A:``/``B:`` layout is far above
+    (measured 1,654), and from a dialogue prompt with no prefix it never gives one of the
+    corpus's persona replies.
+    """
+    backbone = load_backbone(
+        "embedded", embedded_size="default", embedded_recipe="prose", device="cpu"
+    )
+    record = read_build_info(backbone.path)
+    assert record is not None and record["recipe"]["corpus"] == "prose"
+    assert record["valid_perplexity"] < 0.1 * record["unigram_perplexity"]
+    assert record["dialogue_perplexity"] > 10 * record["valid_perplexity"]
+    persona_replies = {
+        t.text
+        for d in generate_general_dialogues(500, 1001)
+        for t in d.turns
+        if t.speaker == "persona"
+    }
+    for dialogue in generate_general_dialogues(8, seed=4242):
+        prompt = render_history(dialogue.turns[2:5])
+        reply = _beam_reply(backbone, prompt)
+        assert reply not in persona_replies, reply

@@ -375,6 +375,16 @@ def generate_general_corpus(num_dialogues: int, seed: int) -> Corpus:
     return Corpus(personas, dialogues, source="synthetic:general")
 
 
+def general_personas(count: int, seed: int) -> list[Persona]:
+    """``count`` distinct "general" personas (ids ``g<index:05d>``), disjoint from the corpus's.
+
+    What the embedded backbone's prose recipe writes about (:mod:`fedpkt.data.prose`).
+    """
+    if count < 0:
+        raise FedpktError(f"count={count} is invalid (expected >= 0)")
+    return _make_personas(random.Random(f"fedpkt-general-personas|{seed}"), count, "general", "g")
+
+
 def generate_general_dialogues(num_dialogues: int, seed: int) -> list[Dialogue]:
     """The dialogues of :func:`generate_general_corpus` (what the backbone is pretrained on)."""
     return generate_general_corpus(num_dialogues, seed).dialogues

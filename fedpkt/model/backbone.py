@@ -30,7 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from fedpkt.config import BackboneConfig
 from fedpkt.errors import FedpktError
-from fedpkt.model.embedded import ensure_embedded, quiet_hf_progress
+from fedpkt.model.embedded import DEFAULT_CORPUS, ensure_embedded, quiet_hf_progress
 
 EMBEDDED = "embedded"
 DTYPES: dict[str, torch.dtype] = {
@@ -178,10 +178,20 @@ def _download_from_hub(name: str) -> Path:
     return local
 
 
-def backbone_path(name: str, *, embedded_size: str = "default", progress: bool = True) -> Path:
-    """The local directory ``name`` stands for, building or downloading it if needed."""
+def backbone_path(
+    name: str,
+    *,
+    embedded_size: str = "default",
+    embedded_recipe: str = DEFAULT_CORPUS,
+    progress: bool = True,
+) -> Path:
+    """The local directory ``name`` stands for, building or downloading it if needed.
+
+    ``embedded_size`` and ``embedded_recipe`` choose the embedded backbone's recipe
+    (:func:`fedpkt.model.embedded.get_recipe`); other names ignore them.
+    """
     if name == EMBEDDED:
-        return ensure_embedded(embedded_size, progress=progress)
+        return ensure_embedded(embedded_size, embedded_recipe, progress=progress)
     candidate = Path(name).expanduser()
     if candidate.exists() or _looks_like_path(name):
         if not candidate.is_dir():
@@ -277,6 +287,7 @@ def load_backbone(
     name: str = EMBEDDED,
     *,
     embedded_size: str = "default",
+    embedded_recipe: str = DEFAULT_CORPUS,
     device: str = "auto",
     dtype: str = "float32",
     progress: bool = True,
@@ -291,7 +302,9 @@ def load_backbone(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     with _LOCK:
-        path = backbone_path(name, embedded_size=embedded_size, progress=progress)
+        path = backbone_path(
+            name, embedded_size=embedded_size, embedded_recipe=embedded_recipe, progress=progress
+        )
         key = (str(path), str(torch_device), dtype)
         if key not in _LOADED:
             _LOADED[key] = _load(path, name, torch_device, torch_dtype)
@@ -303,6 +316,7 @@ def load_backbone_from_config(config: BackboneConfig, *, progress: bool = True) 
     return load_backbone(
         config.name,
         embedded_size=config.embedded_size,
+        embedded_recipe=config.embedded_recipe,
         device=config.device,
         dtype=config.dtype,
         progress=progress,

@@ -16,11 +16,15 @@ from transformers import AutoConfig, PretrainedConfig
 
 from fedpkt.errors import FedpktError
 from fedpkt.model.backbone import backbone_path, weight_files
+from fedpkt.model.embedded import DEFAULT_CORPUS
 
 
-def backbone_config(name: str, *, embedded_size: str = "default") -> PretrainedConfig:
+def backbone_config(
+    name: str, *, embedded_size: str = "default", embedded_recipe: str = DEFAULT_CORPUS
+) -> PretrainedConfig:
     """The model config of backbone ``name`` (building the embedded one if needed)."""
-    return AutoConfig.from_pretrained(backbone_path(name, embedded_size=embedded_size))
+    path = backbone_path(name, embedded_size=embedded_size, embedded_recipe=embedded_recipe)
+    return AutoConfig.from_pretrained(path)
 
 
 def _safetensors_numel(path: Path) -> int:
@@ -47,6 +51,9 @@ def _count(path: str) -> int:
     return sum(_safetensors_numel(f) for f in files)
 
 
-def backbone_num_params(name: str, *, embedded_size: str = "default") -> int:
+def backbone_num_params(
+    name: str, *, embedded_size: str = "default", embedded_recipe: str = DEFAULT_CORPUS
+) -> int:
     """Number of stored backbone parameters (tied embeddings counted once, as stored)."""
-    return _count(str(backbone_path(name, embedded_size=embedded_size)))
+    path = backbone_path(name, embedded_size=embedded_size, embedded_recipe=embedded_recipe)
+    return _count(str(path))

@@ -92,7 +92,9 @@ def check_backbone_fits(cfg: Any) -> None:
     Reads ``config.json`` only (building the embedded backbone first if it is not cached).
     """
     name = cfg.backbone.name
-    model_config = backbone_config(name, embedded_size=cfg.backbone.embedded_size)
+    model_config = backbone_config(
+        name, embedded_size=cfg.backbone.embedded_size, embedded_recipe=cfg.backbone.embedded_recipe
+    )
     label = f"backbone '{name}'" + (
         f" ({cfg.backbone.embedded_size})" if name == "embedded" else ""
     )

@@ -17,7 +17,10 @@ def load_tokenizer(cfg: FedpktConfig) -> Any:
     from fedpkt.model.backbone import backbone_path
 
     path = backbone_path(
-        cfg.backbone.name, embedded_size=cfg.backbone.embedded_size, progress=False
+        cfg.backbone.name,
+        embedded_size=cfg.backbone.embedded_size,
+        embedded_recipe=cfg.backbone.embedded_recipe,
+        progress=False,
     )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -37,7 +40,11 @@ def load_model_config(cfg: FedpktConfig) -> Any:
     from fedpkt.model.backbone_info import backbone_config
 
     try:
-        return backbone_config(cfg.backbone.name, embedded_size=cfg.backbone.embedded_size)
+        return backbone_config(
+            cfg.backbone.name,
+            embedded_size=cfg.backbone.embedded_size,
+            embedded_recipe=cfg.backbone.embedded_recipe,
+        )
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FedpktError(
