@@ -1,4 +1,5 @@
-"""The prose pretraining corpus (fedpkt.data.prose): deterministic, no dialogue, no Part persona."""
+"""The prose pretraining corpus (fedpkt.data.prose): deterministic, no dialogue, no Part persona;
+and a run on the prose backbone (issue 18)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from fedpkt.data.prose import (
     to_third_person,
 )
 from fedpkt.data.synthetic import general_personas, generate_corpus, persona_family
+from fedpkt.errors import FedpktError
+from fedpkt.model.backbone import load_backbone
 from fedpkt.model.embedded import get_recipe, pretraining_texts
+from fedpkt.personal import PERSONALIZED_ENTRY
+from fedpkt.privacy.vault import Vault
+from sim.simulate import simulate
+from tests.conftest import tiny_config
 
 QUESTIONS = {q for slot in SLOTS for q in slot.questions}
 
@@ -102,3 +109,22 @@ def test_prose_recipe_trains_on_prose_and_the_dialogue_recipe_on_dialogues():
     assert prose.extra == [] and not any("B:" in t for t in prose.train + prose.valid)
     assert all(t.startswith("A:") for t in dialogue.train)
     assert prose.train != prose.valid
+
+
+@pytest.mark.e2e
+def test_a_run_with_the_prose_recipe_trains_every_prefix_on_the_prose_backbone(tmp_path):
+    """``backbone.embedded_recipe = "prose"`` reaches every Flower client: each personalized
+    prefix is sealed for the prose backbone's fingerprint, and the dialogue backbone's is
+    refused (a prefix is meaningless on another backbone)."""
+    run = simulate(tiny_config(backbone__embedded_recipe="prose"), tmp_path / "run")
+    assert run.config().backbone.embedded_recipe == "prose"
+    prose = load_backbone("embedded", embedded_size="tiny", embedded_recipe="prose")
+    dialogue = load_backbone("embedded", embedded_size="tiny", embedded_recipe="dialogue")
+    assert prose.fingerprint != dialogue.fingerprint
+    clients = {r["client_id"] for r in run.events("client")}
+    assert clients
+    for client_id in clients:
+        vault = Vault(run.vaults / client_id, client_id)
+        assert vault.load(PERSONALIZED_ENTRY, backbone_fingerprint=prose.fingerprint)["prefix"].size
+        with pytest.raises(FedpktError):
+            vault.load(PERSONALIZED_ENTRY, backbone_fingerprint=dialogue.fingerprint)
