@@ -8,8 +8,11 @@ world in registers that are not dialogue (issue 18):
 * **biographies**: third-person paragraphs stating a person's facts, with the things that
   person likes to say quoted at the end ("nora works as a nurse. she has a dog. ... nora often
   says: "that is cool."");
-* **first-person prose**: a diary-like paragraph in the voice of a person ("i work as a nurse.
-  it has been a long day. my dog sleeps in my room.");
+* **first-person prose**: a diary-like paragraph in the voice of a person, in which one or two
+  facts come back in other words ("i have a dog. it has been a long day. my dog sleeps in my
+  room.");
+* **profiles** (half of the people): a biography, then a new line and the person's own
+  first-person paragraph;
 * **encyclopedic sentences** about the slot values ("many people play the guitar. people who
   have a dog often live in a house.").
 
